@@ -43,10 +43,13 @@ in 512-byte units, as ``st_blocks``.
 from __future__ import annotations
 
 import enum
+import errno as _errno
 import stat as _stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, NewType, Protocol, runtime_checkable
+
+from volfs.errors import error
 
 __all__ = [
     "Ino",
@@ -63,6 +66,7 @@ __all__ = [
     "RenameFlags",
     "XattrFlags",
     "Backend",
+    "check_name",
 ]
 
 Ino = NewType("Ino", int)
@@ -76,6 +80,17 @@ NAME_MAX: Final = 255
 
 MAX_SYMLINK_HOPS: Final = 40
 """Symlinks followed while resolving one path before ELOOP (Linux's limit)."""
+
+
+def check_name(name: bytes) -> None:
+    """Raise EINVAL or ENAMETOOLONG unless ``name`` is one valid entry name.
+
+    Every backend calls this on every name it receives (see the module header).
+    """
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise error(_errno.EINVAL, f"invalid entry name {name!r}")
+    if len(name) > NAME_MAX:
+        raise error(_errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,8 +318,9 @@ class Backend(Protocol):
         ``offset`` 0 starts at the beginning; any other value is the ``offset``
         of an entry yielded earlier. Never yields ``.`` or ``..``. Offsets are
         stable while entries are added and removed: an entry that exists for a
-        whole pass over the directory is yielded exactly once, a removed entry
-        is not yielded after its removal, a new one may or may not be.
+        whole pass over the directory (possibly split over many calls) is
+        yielded exactly once; one added or removed during the pass may or may
+        not be (as POSIX ``readdir``).
         Errors: ENOTDIR. Changes nothing (the caller may stop at any time).
         """
         ...
