@@ -1,0 +1,285 @@
+"""Directories (directory.rst): linear blocks, checksum tails, the htree index.
+
+Linear entries are ``ext4_dir_entry_2`` records chained by ``rec_len``
+inside one block; each is checked as the kernel's ``__ext4_check_dir_entry``
+does (``rec_len`` at least 12, a multiple of 4, covering the name, inside the
+block; the inode number at most ``s_inodes_count``).  Under metadata_csum a
+leaf block ends in a 12-byte fake entry whose last word is
+``crc(inode seed, block[:-12])``.
+
+An htree directory (``EXT4_INDEX_FL`` with dir_index) keeps its index in
+blocks that look empty to a linear reader: block 0 holds "." and a ".."
+whose ``rec_len`` covers the ``dx_root``; interior nodes start with a fake
+entry spanning the block.  Lookup hashes the name, binary-searches one
+index block per level down to a leaf (O(depth) reads), and continues into
+following leaves only while their starting hash, with the collision bit,
+equals the name's hash.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from volfs.errors import CorruptError
+from volfs.ext4._struct import Struct
+from volfs.ext4.checksum import crc32c_raw
+from volfs.ext4.types import InodeNo
+
+__all__ = ["DIR_ENTRY", "DIR_TAIL", "DX_ROOT_INFO", "DX_COUNTLIMIT", "DX_ENTRY", "DX_TAIL", "DirEntry",
+           "parse_dir_block", "rec_len_from_disk", "DxIndex", "DxLevel", "parse_dx_root", "parse_dx_node",
+           "dx_node_csum_ok", "FT_NAMES", "ft_to_mode", "is_dx_node_block", "DT_BY_FT"]
+
+DIR_ENTRY = Struct("ext4_dir_entry_2", [
+    ("inode", "I"), ("rec_len", "H"), ("name_len", "B"), ("file_type", "B"),
+], size=8)
+DIR_TAIL = Struct("ext4_dir_entry_tail", [
+    ("det_reserved_zero1", "I"), ("det_rec_len", "H"), ("det_reserved_zero2", "B"), ("det_reserved_ft", "B"),
+    ("det_checksum", "I"),
+], size=12)
+DX_ROOT_INFO = Struct("dx_root_info", [
+    ("reserved_zero", "I"), ("hash_version", "B"), ("info_length", "B"), ("indirect_levels", "B"),
+    ("unused_flags", "B"),
+], size=8)
+DX_COUNTLIMIT = Struct("dx_countlimit", [("limit", "H"), ("count", "H")], size=4)
+DX_ENTRY = Struct("dx_entry", [("hash", "I"), ("block", "I")], size=8)
+DX_TAIL = Struct("dx_tail", [("dt_reserved", "I"), ("dt_checksum", "I")], size=8)
+
+FT_DIR_CSUM: Final = 0xDE
+FT_NAMES: Final = {0: "unknown", 1: "reg", 2: "dir", 3: "chr", 4: "blk", 5: "fifo", 6: "sock", 7: "symlink"}
+# ext4 file type -> DT_* value used by readdir(3).
+DT_BY_FT: Final = {0: 0, 1: 8, 2: 4, 3: 2, 4: 6, 5: 1, 6: 12, 7: 10}
+_FT_MODE: Final = {1: stat.S_IFREG, 2: stat.S_IFDIR, 3: stat.S_IFCHR, 4: stat.S_IFBLK, 5: stat.S_IFIFO,
+                   6: stat.S_IFSOCK, 7: stat.S_IFLNK}
+
+
+def ft_to_mode(ft: int) -> int:
+    return _FT_MODE.get(ft, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory entry; ``offset`` is its position, ``next_offset`` where readdir resumes after it."""
+
+    name: bytes
+    ino: InodeNo
+    file_type: int  # on-disk EXT4_FT_* (0 when the image has no filetype feature)
+    offset: int
+    next_offset: int
+
+
+def rec_len_from_disk(v: int, block_size: int) -> int:
+    if block_size < 65536:
+        return v
+    if v == 65535 or v == 0:
+        return 65536
+    return (v & 65532) | ((v & 3) << 16)
+
+
+def _tail_at(data: bytes, end: int) -> bool:
+    if end < 12:
+        return False
+    z1, rl, z2, ft, _ = DIR_TAIL.unpack_ints(data, end - 12)
+    return z1 == 0 and rl == 12 and z2 == 0 and ft == FT_DIR_CSUM
+
+
+def parse_dir_block(data: bytes, *, ino: int, block: int | None, base: int, has_filetype: bool,
+                    inodes_count: int, csum_seed: int | None, block_size: int, start: int = 0,
+                    end: int | None = None, salvage: bool = False) -> list[DirEntry]:
+    """Live entries of one linear region ``data[start:end]`` (a block, or an inline area).
+
+    ``base`` is the readdir position of ``data[0]``.  With ``csum_seed``
+    (the inode seed) the block's checksum tail is required and verified.
+    """
+    if end is None:
+        end = len(data)
+
+    def bad(msg: str) -> CorruptError:
+        return CorruptError("directory entry", msg, inode=ino, block=block)
+
+    if csum_seed is not None:
+        if not _tail_at(data, end):
+            if not salvage:
+                raise CorruptError("directory block", "no checksum tail", inode=ino, block=block)
+        else:
+            end -= 12
+            stored = int.from_bytes(data[end + 8 : end + 12], "little")
+            want = crc32c_raw(csum_seed, data[:end])
+            if stored != want and not salvage:
+                raise CorruptError("directory block", f"checksum 0x{stored:08x} != computed 0x{want:08x}",
+                                   inode=ino, block=block)
+    elif _tail_at(data, end):
+        end -= 12
+    out: list[DirEntry] = []
+    pos = start
+    while pos < end:
+        if end - pos < 8:
+            raise bad(f"truncated entry at offset {pos}")
+        e_ino, raw_rec, name_len, ft = DIR_ENTRY.unpack_ints(data, pos)
+        rec_len = rec_len_from_disk(raw_rec, block_size)
+        if not has_filetype:
+            name_len |= ft << 8
+            ft = 0
+        if rec_len < 8 or rec_len % 4:
+            raise bad(f"rec_len {rec_len} at offset {pos} is invalid")
+        if pos + rec_len > end:
+            if salvage:
+                break
+            raise bad(f"rec_len {rec_len} at offset {pos} runs past the block")
+        if 8 + name_len > rec_len:
+            raise bad(f"name_len {name_len} at offset {pos} exceeds rec_len {rec_len}")
+        if e_ino > inodes_count:
+            raise bad(f"inode {e_ino} at offset {pos} exceeds s_inodes_count")
+        if e_ino and name_len:
+            out.append(DirEntry(bytes(data[pos + 8 : pos + 8 + name_len]), InodeNo(e_ino), ft, base + pos,
+                                base + pos + rec_len))
+        pos += rec_len
+    return out
+
+
+# --- htree -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DxLevel:
+    """One index block: (hash, logical block) entries, the first hash meaning "lowest"."""
+
+    entries: tuple[tuple[int, int], ...]
+    lblock: int
+
+
+@dataclass(frozen=True, slots=True)
+class DxIndex:
+    hash_version: int
+    indirect_levels: int
+    root: DxLevel
+
+
+def _dx_entries(data: bytes, count_offset: int, ino: int, block: int | None, lblock: int, expect_limit: int,
+                csum_seed: int | None, salvage: bool) -> DxLevel:
+    def bad(msg: str) -> CorruptError:
+        return CorruptError("htree", msg, inode=ino, block=block)
+
+    limit, count = DX_COUNTLIMIT.unpack_ints(data, count_offset)
+    if limit != expect_limit:
+        raise bad(f"dx limit {limit}, expected {expect_limit}")
+    if count == 0 or count > limit:
+        raise bad(f"dx count {count} invalid (limit {limit})")
+    if csum_seed is not None and not dx_node_csum_ok(data, count_offset, csum_seed) and not salvage:
+        raise bad("index block checksum mismatch")
+    entries: list[tuple[int, int]] = []
+    prev = -1
+    for k in range(count):
+        h, blk = DX_ENTRY.unpack_ints(data, count_offset + 8 * k)
+        if k == 0:
+            h = 0
+        elif h < prev:
+            raise bad(f"dx entry {k} hash 0x{h:08x} out of order")
+        prev = h
+        entries.append((h, blk & 0x0FFFFFFF))
+    return DxLevel(tuple(entries), lblock)
+
+
+def dx_node_csum_ok(data: bytes, count_offset: int, csum_seed: int) -> bool:
+    limit, count = DX_COUNTLIMIT.unpack_ints(data, count_offset)
+    tail = count_offset + 8 * limit
+    if tail + 8 > len(data) or count > limit:
+        return False
+    size = count_offset + 8 * count
+    crc = crc32c_raw(csum_seed, data[:size])
+    crc = crc32c_raw(crc, data[tail : tail + 4] + b"\0\0\0\0")
+    return crc == int.from_bytes(data[tail + 4 : tail + 8], "little")
+
+
+def _dx_limit(block_size: int, count_offset: int, csum: bool) -> int:
+    return (block_size - count_offset) // 8 - (1 if csum else 0)
+
+
+def parse_dx_root(data: bytes, *, ino: int, block: int | None, block_size: int, large_dir: bool,
+                  csum_seed: int | None, salvage: bool = False) -> DxIndex:
+    def bad(msg: str) -> CorruptError:
+        return CorruptError("htree", msg, inode=ino, block=block)
+
+    d_ino, d_rec, d_nl, _ = DIR_ENTRY.unpack_ints(data, 0)
+    if d_rec != 12 or d_nl != 1 or data[8:9] != b".":
+        raise bad("dx_root does not start with '.'")
+    dd_rec = rec_len_from_disk(DIR_ENTRY.unpack_ints(data, 12)[1], block_size)
+    if dd_rec != block_size - 12 or data[20:22] != b"..":
+        raise bad("dx_root '..' does not cover the block")
+    reserved, hash_version, info_length, levels, _flags = DX_ROOT_INFO.unpack_ints(data, 24)
+    if reserved != 0 or info_length != 8:
+        raise bad(f"dx_root_info invalid (reserved {reserved}, info_length {info_length})")
+    max_levels = 3 if large_dir else 2
+    if levels >= max_levels:
+        raise bad(f"indirect_levels {levels} exceeds {max_levels - 1}")
+    count_offset = 24 + info_length
+    root = _dx_entries(data, count_offset, ino, block, 0, _dx_limit(block_size, count_offset, csum_seed is not None),
+                       csum_seed, salvage)
+    return DxIndex(hash_version, levels, root)
+
+
+def is_dx_node_block(data: bytes, block_size: int) -> bool:
+    """Whether a block looks like an htree interior node (a fake entry spanning it)."""
+    e_ino, rl, nl, _ = DIR_ENTRY.unpack_ints(data, 0)
+    return e_ino == 0 and nl == 0 and rec_len_from_disk(rl, block_size) == block_size
+
+
+def parse_dx_node(data: bytes, *, ino: int, block: int | None, lblock: int, block_size: int,
+                  csum_seed: int | None, salvage: bool = False) -> DxLevel:
+    if not is_dx_node_block(data, block_size):
+        raise CorruptError("htree", "interior index block has no fake entry", inode=ino, block=block)
+    return _dx_entries(data, 8, ino, block, lblock, _dx_limit(block_size, 8, csum_seed is not None), csum_seed,
+                       salvage)
+
+
+def dx_find(level: DxLevel, hash_: int) -> int:
+    """Index of the last entry whose hash is <= ``hash_`` (entry 0 covers everything below)."""
+    lo, hi = 1, len(level.entries) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if level.entries[mid][0] > hash_:
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return lo - 1
+
+
+LeafReader = Callable[[int], list[DirEntry]]
+NodeReader = Callable[[int], DxLevel]
+
+
+def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, read_leaf: LeafReader,
+              max_leaves: int) -> DirEntry | None:
+    """Find ``name`` through the index; ``hash_`` is its major hash (low bit clear)."""
+    path: list[tuple[DxLevel, int]] = []
+    level = index.root
+    for depth in range(index.indirect_levels + 1):
+        at = dx_find(level, hash_)
+        path.append((level, at))
+        if depth < index.indirect_levels:
+            level = read_node(level.entries[at][1])
+    visited = 0
+    while True:
+        leaf_level, at = path[-1]
+        visited += 1
+        if visited > max_leaves:
+            raise CorruptError("htree", "hash-collision chain longer than the directory")
+        for entry in read_leaf(leaf_level.entries[at][1]):
+            if entry.name == name:
+                return entry
+        # Move to the next leaf only if it continues this hash (collision bit set).
+        depth = len(path) - 1
+        while depth >= 0 and path[depth][1] + 1 >= len(path[depth][0].entries):
+            depth -= 1
+        if depth < 0:
+            return None
+        lvl, at = path[depth]
+        next_hash = lvl.entries[at + 1][0]
+        if (next_hash & ~1) != hash_:
+            return None
+        path[depth] = (lvl, at + 1)
+        for d in range(depth + 1, len(path)):
+            node = read_node(path[d - 1][0].entries[path[d - 1][1]][1])
+            path[d] = (node, 0)

@@ -1,0 +1,712 @@
+"""The filesystem: an inode-level read API over one ext4 image.
+
+Theory of operation.  :meth:`Filesystem.open` reads and checks the primary
+superblock, refuses unknown incompat features, and, when the image needs
+recovery, replays the journal into the block cache's overlay (nothing is
+written); the superblock is then re-read through that overlay.  Group
+descriptors, inodes, runlists and parsed directory blocks are decoded on
+first use and kept in bounded caches.
+
+Every checksum of metadata_csum is verified where the structure is read.
+With ``salvage=True`` mismatches are ignored (structural corruption is still
+an error: inspection tools can read past bad checksums, never past
+nonsense).  Every on-disk count, size and offset is bounded before it is
+used, so a hostile image yields a :class:`CorruptError` in bounded time and
+memory.
+
+The API is shaped for a FUSE-like backend: names are bytes, attributes carry
+nanosecond timestamps, readdir offsets are positions that stay valid
+(nothing moves in a read-only view), and reads move whole runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from volfs.errors import CorruptError, error
+from volfs.ext4.bitmap import verify_block_bitmap, verify_inode_bitmap
+from volfs.ext4.blockmap import blockmap_runs
+from volfs.ext4.cache import BlockCache
+from volfs.ext4.checksum import fs_seed as compute_fs_seed
+from volfs.ext4.checksum import inode_seed
+from volfs.ext4.device import BlockDevice, FileDevice
+from volfs.ext4.dirhash import HASH_TEA, dirhash
+from volfs.ext4.directory import (
+    DirEntry,
+    DxIndex,
+    DxLevel,
+    dx_lookup,
+    dx_node_csum_ok,
+    is_dx_node_block,
+    parse_dir_block,
+    parse_dx_node,
+    parse_dx_root,
+)
+from volfs.ext4.extents import extent_runs
+from volfs.ext4.group import (
+    BG_INODE_UNINIT,
+    GroupDesc,
+    descriptor_block,
+    group_has_super,
+    parse_group_desc,
+)
+from volfs.ext4.inode import (
+    EXT4_CASEFOLD_FL,
+    EXT4_EA_INODE_FL,
+    EXT4_ENCRYPT_FL,
+    EXT4_EXTENTS_FL,
+    EXT4_INDEX_FL,
+    EXT4_INLINE_DATA_FL,
+    Inode,
+    parse_inode,
+)
+from volfs.ext4.journal import Replay, parse_journal_superblock, replay_journal
+from volfs.ext4.orphan import orphan_file_entries, walk_orphan_chain
+from volfs.ext4.runlist import RunList
+from volfs.ext4.superblock import (
+    COMPAT_DIR_INDEX,
+    COMPAT_HAS_JOURNAL,
+    COMPAT_ORPHAN_FILE,
+    COMPAT,
+    FLAGS_UNSIGNED_HASH,
+    INCOMPAT,
+    INCOMPAT_CSUM_SEED,
+    INCOMPAT_FILETYPE,
+    INCOMPAT_LARGEDIR,
+    INCOMPAT_META_BG,
+    INCOMPAT_RECOVER,
+    RO_COMPAT,
+    RO_COMPAT_HUGE_FILE,
+    RO_COMPAT_ORPHAN_PRESENT,
+    SUPERBLOCK_OFFSET,
+    Superblock,
+    check_features,
+    feature_names,
+    parse_superblock,
+)
+from volfs.ext4.types import BlockNo, GroupNo, InodeNo
+from volfs.ext4.xattr import ACL_INDEXES, acl_to_xattr, full_name, parse_ibody, parse_xattr_block, split_name
+
+__all__ = ["Filesystem", "Attr", "StatFs", "FeatureReport", "ROOT_INO"]
+
+ROOT_INO: Final = InodeNo(2)
+NAME_MAX: Final = 255
+_PATH_MAX: Final = 4096
+# xattr name indexes the kernel lists (user, ACLs, trusted, security).
+_LISTED_INDEXES: Final = (1, 2, 3, 4, 6)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    __slots__ = ("_d", "_cap")
+
+    def __init__(self, capacity: int) -> None:
+        self._d: OrderedDict[K, V] = OrderedDict()
+        self._cap = capacity
+
+    def get(self, key: K) -> V | None:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: K, value: V) -> None:
+        self._d[key] = value
+        if len(self._d) > self._cap:
+            self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """Attributes of one inode, as getattr reports them (times in ns since the epoch)."""
+
+    ino: InodeNo
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blocks: int  # 512-byte units
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    crtime_ns: int | None
+    flags: int
+    generation: int
+    blksize: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    block_size: int
+    fragment_size: int
+    blocks: int
+    blocks_free: int
+    blocks_available: int
+    files: int
+    files_free: int
+    name_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureReport:
+    compat: tuple[str, ...]
+    incompat: tuple[str, ...]
+    ro_compat: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.compat + self.incompat + self.ro_compat
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+
+class Filesystem:
+    """A read-only view of an ext4 (or ext2/ext3) image."""
+
+    def __init__(self, device: BlockDevice, *, salvage: bool = False, path: str | None = None,
+                 cache_blocks: int = 4096) -> None:
+        self.device = device
+        self.path = path
+        self.salvage = salvage
+        self.readonly = True
+        self.sb = self._read_superblock(device.pread(1024, SUPERBLOCK_OFFSET))
+        check_features(self.sb, path)
+        self.cache = BlockCache(device, self.sb.block_size, self.sb.blocks_count, cache_blocks)
+        self._inodes: _Lru[int, Inode] = _Lru(8192)
+        self._runlists: _Lru[int, RunList] = _Lru(1024)
+        self._descs: dict[int, GroupDesc] = {}
+        self._dx_roots: _Lru[int, DxIndex] = _Lru(256)
+        self.replay: Replay | None = None
+        self.recovered = False
+        if self.sb.has_incompat(INCOMPAT_RECOVER):
+            self._recover()
+
+    # --- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], readonly: bool = True, *, salvage: bool = False,
+             cache_blocks: int = 4096) -> Filesystem:
+        """Open the image at ``path``.  Raises EROFS for ``readonly=False`` (writes come later),
+        EOPNOTSUPP for features the engine cannot read, and CorruptError for a bad image."""
+        p = os.fspath(path)
+        if not readonly:
+            raise error(errno.EROFS, "the ext4 engine is read-only for now", p)
+        dev = FileDevice(p)
+        try:
+            return cls(dev, salvage=salvage, path=p, cache_blocks=cache_blocks)
+        except BaseException:
+            dev.close()
+            raise
+
+    @classmethod
+    def open_device(cls, device: BlockDevice, *, salvage: bool = False, path: str | None = None) -> Filesystem:
+        return cls(device, salvage=salvage, path=path)
+
+    def close(self) -> None:
+        self.device.close()
+
+    def __enter__(self) -> Filesystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_superblock(self, raw: bytes) -> Superblock:
+        sb = parse_superblock(raw, verify=not self.salvage)
+        self.fs_seed = compute_fs_seed(sb.uuid, bool(sb.incompat & INCOMPAT_CSUM_SEED), sb.checksum_seed)
+        return sb
+
+    def _recover(self) -> None:
+        sb = self.sb
+        if not sb.has_compat(COMPAT_HAS_JOURNAL):
+            raise CorruptError("superblock", "needs_recovery is set but there is no journal")
+        if sb.journal_inum == 0:
+            raise error(errno.EOPNOTSUPP, "the image needs recovery from an external journal", self.path)
+        jino = sb.journal_inum
+        jinode = self.inode(InodeNo(jino))
+        runs = self.runlist(jinode)
+        nblocks = jinode.size // sb.block_size
+        if nblocks < 2:
+            raise CorruptError("journal", "journal inode is too small", inode=jino)
+
+        def read_jblock(n: int) -> bytes:
+            if n >= nblocks:
+                raise CorruptError("journal", f"journal block {n} beyond the journal", inode=jino)
+            phys = runs.map(n)
+            if phys is None:
+                raise CorruptError("journal", f"journal block {n} is a hole", inode=jino)
+            return self.cache.read(phys, "journal", jino)
+
+        jsb = parse_journal_superblock(read_jblock(0), sb.block_size, nblocks)
+        self.journal_superblock = jsb
+        replay = replay_journal(jsb, read_jblock, sb.blocks_count, salvage=self.salvage)
+        self.replay = replay
+        if replay.overlay:
+            self.cache.set_overlay(replay.overlay)
+        self.recovered = True
+        # The journal may hold the superblock and descriptors: read them again through the overlay.
+        bs = sb.block_size
+        first = SUPERBLOCK_OFFSET // bs
+        raw = self.cache.read(first, "superblock")[SUPERBLOCK_OFFSET % bs :][:1024]
+        self.sb = self._read_superblock(raw)
+        check_features(self.sb, self.path)
+        self._inodes.clear()
+        self._runlists.clear()
+        self._descs.clear()
+
+    # --- groups and inodes ------------------------------------------------
+
+    @property
+    def block_size(self) -> int:
+        return self.sb.block_size
+
+    def features(self) -> FeatureReport:
+        sb = self.sb
+        return FeatureReport(tuple(feature_names(sb.compat, COMPAT, "C")),
+                             tuple(feature_names(sb.incompat, INCOMPAT, "I")),
+                             tuple(feature_names(sb.ro_compat, RO_COMPAT, "R")))
+
+    def group_desc(self, group: int) -> GroupDesc:
+        d = self._descs.get(group)
+        if d is not None:
+            return d
+        sb = self.sb
+        if not 0 <= group < sb.group_count:
+            raise CorruptError("group descriptor", f"group {group} does not exist")
+        per_block = sb.block_size // sb.desc_size
+        blk = descriptor_block(sb, group // per_block)
+        data = self.cache.read(blk, "group descriptor")
+        off = (group % per_block) * sb.desc_size
+        d = parse_group_desc(sb, self.fs_seed, group, data[off : off + sb.desc_size], verify=not self.salvage,
+                             block=blk)
+        self._descs[group] = d
+        return d
+
+    def verify_bitmaps(self) -> None:
+        """Check every group's block and inode bitmap checksum (metadata_csum)."""
+        for g in range(self.sb.group_count):
+            d = self.group_desc(g)
+            verify_block_bitmap(self.sb, self.fs_seed, d, self.cache.read(d.block_bitmap, "block bitmap"))
+            verify_inode_bitmap(self.sb, self.fs_seed, d, self.cache.read(d.inode_bitmap, "inode bitmap"))
+
+    def inode(self, ino: InodeNo | int) -> Inode:
+        """The decoded record of inode ``ino`` (checked), whether or not it is in use."""
+        cached = self._inodes.get(ino)
+        if cached is not None:
+            return cached
+        sb = self.sb
+        if not 1 <= ino <= sb.inodes_count:
+            raise CorruptError("inode", f"inode number {ino} out of range", inode=ino)
+        group, index = divmod(ino - 1, sb.inodes_per_group)
+        desc = self.group_desc(group)
+        if sb.metadata_csum or sb.gdt_csum:
+            if desc.flags & BG_INODE_UNINIT or index >= sb.inodes_per_group - desc.itable_unused:
+                raise CorruptError("inode", "inode lies in the uninitialised part of its group's table",
+                                   inode=ino)
+        byte = index * sb.inode_size
+        blk = desc.inode_table + byte // sb.block_size
+        data = self.cache.read(blk, "inode table", ino)
+        off = byte % sb.block_size
+        rec = parse_inode(ino, data[off : off + sb.inode_size], large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
+                          huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
+                          csum_seed=self.fs_seed if (sb.metadata_csum and not self.salvage) else None, block=blk)
+        self._inodes.put(ino, rec)
+        return rec
+
+    def _live(self, ino: InodeNo | int) -> Inode:
+        """An inode that exists as a file: ENOENT for free or deleted (link count 0) inodes."""
+        if not 1 <= ino <= self.sb.inodes_count:
+            raise error(errno.ENOENT, f"no inode {ino}")
+        rec = self.inode(ino)
+        if rec.links_count == 0 or rec.mode == 0:
+            raise error(errno.ENOENT, f"inode {ino} is not in use")
+        return rec
+
+    def getattr(self, ino: InodeNo | int) -> Attr:
+        r = self._live(ino)
+        return Attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, r.blocks_512, r.atime_ns,
+                    r.mtime_ns, r.ctime_ns, r.crtime_ns, r.flags, r.generation, self.sb.block_size)
+
+    def _inode_seed(self, rec: Inode) -> int | None:
+        if not self.sb.metadata_csum or self.salvage:
+            return None
+        return inode_seed(self.fs_seed, rec.ino, rec.generation)
+
+    def runlist(self, rec: Inode) -> RunList:
+        """The runlist of an extent- or block-mapped inode (built once, then cached)."""
+        cached = self._runlists.get(rec.ino)
+        if cached is not None:
+            return cached
+        sb = self.sb
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            rl = RunList([])
+        elif rec.flags & EXT4_EXTENTS_FL:
+            runs = extent_runs(rec.ino, rec.i_block, lambda b: self.cache.read(b, "extent tree", rec.ino),
+                               sb.block_size, sb.blocks_count, self._inode_seed(rec))
+            rl = RunList(runs)
+        else:
+            runs = blockmap_runs(rec.ino, rec.i_block, rec.size, lambda b: self.cache.read(b, "block map", rec.ino),
+                                 sb.block_size, sb.blocks_count)
+            rl = RunList(runs)
+        self._runlists.put(rec.ino, rl)
+        return rl
+
+    # --- file data --------------------------------------------------------
+
+    def _refuse_encrypted(self, rec: Inode) -> None:
+        if rec.flags & EXT4_ENCRYPT_FL:
+            raise error(errno.ENOKEY, f"inode {rec.ino} is encrypted (fscrypt); its content cannot be read "
+                        "without the key")
+
+    def _inline_data(self, rec: Inode) -> bytes:
+        value = b""
+        for e in parse_ibody(rec.ibody_xattr_area, ino=rec.ino):
+            if e.name_index == 7 and e.name == b"data":
+                value = e.value or b""
+                break
+        return rec.i_block + value
+
+    def _read_data(self, rec: Inode, offset: int, size: int) -> bytes:
+        end = min(offset + size, rec.size)
+        if offset >= end:
+            return b""
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            data = self._inline_data(rec)
+            chunk = data[offset:end]
+            return chunk + bytes(end - offset - len(chunk))
+        bs = self.sb.block_size
+        rl = self.runlist(rec)
+        first = offset // bs
+        last = (end - 1) // bs
+        parts: list[bytes] = []
+        pos = offset
+        for logical, count, phys in rl.segments(first, last - first + 1):
+            seg_start = max(logical * bs, offset)
+            seg_end = min((logical + count) * bs, end)
+            n = seg_end - seg_start
+            if phys is None:
+                parts.append(bytes(n))
+            else:
+                parts.append(self.cache.read_run(phys, count, rec.ino, byte_offset=seg_start - logical * bs, size=n))
+            pos += n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read(self, ino: InodeNo | int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of file ``ino`` at ``offset`` (short at end of file).
+
+        EISDIR for a directory, EINVAL for other non-regular files or a negative
+        offset, ENOKEY for encrypted files.
+        """
+        rec = self._live(ino)
+        if rec.is_dir:
+            raise error(errno.EISDIR, f"inode {ino} is a directory")
+        if not rec.is_reg:
+            raise error(errno.EINVAL, f"inode {ino} is not a regular file")
+        if offset < 0 or size < 0:
+            raise error(errno.EINVAL, "negative offset or size")
+        self._refuse_encrypted(rec)
+        return self._read_data(rec, offset, size)
+
+    def readlink(self, ino: InodeNo | int) -> bytes:
+        """The target of symlink ``ino`` (EINVAL if it is not one)."""
+        rec = self._live(ino)
+        if not rec.is_symlink:
+            raise error(errno.EINVAL, f"inode {ino} is not a symbolic link")
+        self._refuse_encrypted(rec)
+        if rec.size >= _PATH_MAX or rec.size == 0:
+            raise CorruptError("symlink", f"target length {rec.size} is invalid", inode=rec.ino)
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            return self._inline_data(rec)[: rec.size]
+        ea_blocks = (self.sb.cluster_size >> 9) if rec.file_acl else 0
+        fast = (rec.blocks_512 - ea_blocks == 0) if not rec.flags & EXT4_EA_INODE_FL else rec.size < 60
+        if fast:
+            if rec.size >= 60:
+                raise CorruptError("symlink", f"fast symlink of length {rec.size}", inode=rec.ino)
+            return rec.i_block[: rec.size]
+        return self._read_data(rec, 0, rec.size)
+
+    # --- directories -------------------------------------------------------
+
+    def _dir(self, ino: InodeNo | int) -> Inode:
+        rec = self._live(ino)
+        if not rec.is_dir:
+            raise error(errno.ENOTDIR, f"inode {ino} is not a directory")
+        self._refuse_encrypted(rec)
+        return rec
+
+    def _is_dx(self, rec: Inode) -> bool:
+        return bool(rec.flags & EXT4_INDEX_FL) and self.sb.has_compat(COMPAT_DIR_INDEX)
+
+    def _dir_block(self, rec: Inode, lblock: int) -> tuple[int, bytes]:
+        phys = self.runlist(rec).map(lblock)
+        if phys is None or lblock * self.sb.block_size >= rec.size:
+            raise CorruptError("directory", f"logical block {lblock} is a hole or beyond i_size", inode=rec.ino)
+        return phys, self.cache.read(phys, "directory block", rec.ino)
+
+    def _leaf_entries(self, rec: Inode, lblock: int, phys: int, data: bytes) -> list[DirEntry]:
+        sb = self.sb
+        return parse_dir_block(data, ino=rec.ino, block=phys, base=lblock * sb.block_size,
+                               has_filetype=sb.has_incompat(INCOMPAT_FILETYPE), inodes_count=sb.inodes_count,
+                               csum_seed=self._inode_seed(rec), block_size=sb.block_size, salvage=self.salvage)
+
+    def _inline_entries(self, rec: Inode) -> list[DirEntry]:
+        sb = self.sb
+        parent = int.from_bytes(rec.i_block[:4], "little")
+        out = [DirEntry(b".", rec.ino, 2, 0, 1), DirEntry(b"..", InodeNo(parent), 2, 1, 4)]
+        def parse(data: bytes, base: int, start: int) -> list[DirEntry]:
+            return parse_dir_block(data, ino=rec.ino, block=None, base=base, start=start,
+                                   has_filetype=sb.has_incompat(INCOMPAT_FILETYPE), inodes_count=sb.inodes_count,
+                                   csum_seed=None, block_size=sb.block_size)
+
+        out += parse(rec.i_block, 0, 4)
+        value = self._inline_data(rec)[60:]
+        if value:
+            out += parse(value, 60, 0)
+        return out
+
+    def readdir(self, ino: InodeNo | int, offset: int = 0) -> Iterator[DirEntry]:
+        """Entries of directory ``ino`` from position ``offset`` (0: the start), "." and ".." included.
+
+        Each entry's ``next_offset`` resumes after it.  ENOTDIR, ENOKEY (encrypted).
+        """
+        rec = self._dir(ino)
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            for e in self._inline_entries(rec):
+                if e.offset >= offset:
+                    yield e
+            return
+        bs = self.sb.block_size
+        nblocks = (rec.size + bs - 1) // bs
+        dx = self._is_dx(rec)
+        seed = self._inode_seed(rec)
+        first = max(offset, 0) // bs
+        for logical, count, phys in self.runlist(rec).segments(first, max(nblocks - first, 0)):
+            if phys is None:
+                continue  # the kernel skips directory holes in readdir
+            for k in range(count):
+                lb, pb = logical + k, phys + k
+                data = self.cache.read(pb, "directory block", rec.ino)
+                if dx and lb == 0:
+                    if seed is not None:
+                        parse_dx_root(data, ino=rec.ino, block=pb, block_size=bs,
+                                      large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=seed)
+                    entries = parse_dir_block(data, ino=rec.ino, block=pb, base=0, has_filetype=True,
+                                              inodes_count=self.sb.inodes_count, csum_seed=None, block_size=bs)
+                elif dx and is_dx_node_block(data, bs):
+                    if seed is not None and not dx_node_csum_ok(data, 8, seed):
+                        raise CorruptError("htree", "index block checksum mismatch", inode=rec.ino, block=pb)
+                    continue
+                else:
+                    entries = self._leaf_entries(rec, lb, pb, data)
+                for e in entries:
+                    if e.offset >= offset:
+                        yield e
+
+    def _hash_version(self, root: DxIndex) -> int:
+        v = root.hash_version
+        if v <= HASH_TEA and self.sb.flags & FLAGS_UNSIGNED_HASH:
+            v += 3
+        return v
+
+    def lookup(self, dir_ino: InodeNo | int, name: bytes) -> Attr:
+        """Attributes of ``name`` in directory ``dir_ino``.
+
+        ENOENT, ENOTDIR, ENAMETOOLONG (over 255 bytes), ENOKEY (encrypted
+        directory), EOPNOTSUPP (casefolded directory).
+        """
+        return self.getattr(self.lookup_ino(dir_ino, name))
+
+    def lookup_ino(self, dir_ino: InodeNo | int, name: bytes) -> InodeNo:
+        if len(name) > NAME_MAX:
+            raise error(errno.ENAMETOOLONG, "name longer than 255 bytes")
+        if not name or b"/" in name or b"\0" in name:
+            raise error(errno.ENOENT, f"invalid name {name!r}")
+        rec = self._dir(dir_ino)
+        if rec.flags & EXT4_CASEFOLD_FL:
+            raise error(errno.EOPNOTSUPP, f"directory {dir_ino} is casefolded; case-insensitive lookup "
+                        "is not supported")
+        if name == b".":
+            return rec.ino
+        found: DirEntry | None = None
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            found = next((e for e in self._inline_entries(rec) if e.name == name), None)
+        elif self._is_dx(rec) and name != b"..":
+            try:
+                found = self._dx_find(rec, name)
+            except CorruptError as exc:
+                if exc.structure != "htree":
+                    raise
+                # The kernel falls back to a linear scan when the index is unusable.
+                found = self._linear_find(rec, name)
+        else:
+            found = self._linear_find(rec, name)
+        if found is None:
+            raise error(errno.ENOENT, f"no entry {name!r} in directory {dir_ino}")
+        return found.ino
+
+    def _linear_find(self, rec: Inode, name: bytes) -> DirEntry | None:
+        for e in self.readdir(rec.ino):
+            if e.name == name:
+                return e
+        return None
+
+    def _dx_find(self, rec: Inode, name: bytes) -> DirEntry | None:
+        bs = self.sb.block_size
+        seed = self._inode_seed(rec)
+        root = self._dx_roots.get(rec.ino)
+        if root is None:
+            pb, data = self._dir_block(rec, 0)
+            root = parse_dx_root(data, ino=rec.ino, block=pb, block_size=bs,
+                                 large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=seed,
+                                 salvage=self.salvage)
+            self._dx_roots.put(rec.ino, root)
+        try:
+            h, _minor = dirhash(name, self._hash_version(root), self.sb.hash_seed)
+        except ValueError:
+            raise CorruptError("htree", f"unsupported hash version {root.hash_version}", inode=rec.ino) from None
+        nblocks = (rec.size + bs - 1) // bs
+
+        def read_node(lblock: int) -> DxLevel:
+            pb, data = self._dir_block(rec, lblock)
+            return parse_dx_node(data, ino=rec.ino, block=pb, lblock=lblock, block_size=bs, csum_seed=seed,
+                                 salvage=self.salvage)
+
+        def read_leaf(lblock: int) -> list[DirEntry]:
+            pb, data = self._dir_block(rec, lblock)
+            return self._leaf_entries(rec, lblock, pb, data)
+
+        return dx_lookup(root, name, h, read_node, read_leaf, nblocks)
+
+    # --- xattrs -------------------------------------------------------------
+
+    def _xattr_entries(self, rec: Inode) -> list[tuple[bytes, int, bytes]]:
+        """(full name, name index, value) of every xattr, ibody first."""
+        entries = list(parse_ibody(rec.ibody_xattr_area, ino=rec.ino))
+        if rec.file_acl:
+            if rec.file_acl >= self.sb.blocks_count:
+                raise CorruptError("inode", f"i_file_acl {rec.file_acl} lies outside the filesystem", inode=rec.ino)
+            data = self.cache.read(rec.file_acl, "xattr block", rec.ino)
+            entries += parse_xattr_block(data, ino=rec.ino, block=rec.file_acl,
+                                         csum_seed=self.fs_seed if self.sb.metadata_csum else None,
+                                         salvage=self.salvage)
+        out = []
+        for e in entries:
+            value = e.value
+            if value is None:
+                value = self._ea_inode_value(rec, e.value_inum, e.value_size)
+            if e.name_index in ACL_INDEXES:
+                value = acl_to_xattr(value, ino=rec.ino)
+            out.append((e.full_name, e.name_index, value))
+        return out
+
+    def _ea_inode_value(self, owner: Inode, vino: int, size: int) -> bytes:
+        ea = self.inode(vino)
+        if not ea.flags & EXT4_EA_INODE_FL or ea.size != size or not ea.is_reg:
+            raise CorruptError("xattr", f"EA inode {vino} does not hold a value of {size} bytes", inode=owner.ino)
+        return self._read_data(ea, 0, size)
+
+    def listxattr(self, ino: InodeNo | int) -> list[bytes]:
+        """Names of the xattrs of ``ino`` the kernel would list."""
+        rec = self._live(ino)
+        return [n for n, idx, _ in self._xattr_entries(rec) if idx in _LISTED_INDEXES]
+
+    def getxattr(self, ino: InodeNo | int, name: bytes) -> bytes:
+        """Value of xattr ``name``; ENODATA when absent."""
+        rec = self._live(ino)
+        split = split_name(name)
+        if split is not None and split[0] in _LISTED_INDEXES:
+            for n, idx, value in self._xattr_entries(rec):
+                if n == name:
+                    return value
+        raise error(errno.ENODATA, f"no xattr {name!r} on inode {ino}")
+
+    def xattrs(self, ino: InodeNo | int) -> dict[bytes, bytes]:
+        """Every listed xattr of ``ino`` with its value."""
+        rec = self._live(ino)
+        return {n: v for n, idx, v in self._xattr_entries(rec) if idx in _LISTED_INDEXES}
+
+    # --- filesystem-wide ------------------------------------------------------
+
+    def _overhead(self) -> int:
+        sb = self.sb
+        if sb.record.u("s_overhead_clusters"):
+            return sb.record.u("s_overhead_clusters") * (sb.cluster_size // sb.block_size)
+        bs = sb.block_size
+        per_block = bs // sb.desc_size
+        gdt_blocks = (sb.group_count + per_block - 1) // per_block
+        itable = (sb.inodes_per_group * sb.inode_size + bs - 1) // bs
+        total = sb.first_data_block
+        meta_bg = sb.has_incompat(INCOMPAT_META_BG)
+        for g in range(sb.group_count):
+            if group_has_super(sb, g):
+                total += 1
+                if not meta_bg:
+                    total += gdt_blocks + sb.reserved_gdt_blocks
+                else:
+                    total += min(gdt_blocks, sb.first_meta_bg) + sb.reserved_gdt_blocks
+            if meta_bg and g // per_block >= sb.first_meta_bg and g % per_block in (0, 1, per_block - 1):
+                total += 1
+            total += 2 + itable
+        if sb.has_compat(COMPAT_HAS_JOURNAL) and sb.journal_inum:
+            try:
+                total += self.inode(sb.journal_inum).size // bs
+            except CorruptError:
+                pass
+        return total
+
+    def statfs(self) -> StatFs:
+        sb = self.sb
+        free_blocks = 0
+        free_inodes = 0
+        for g in range(sb.group_count):
+            d = self.group_desc(g)
+            free_blocks += d.free_blocks
+            free_inodes += d.free_inodes
+        free_blocks *= sb.cluster_size // sb.block_size
+        blocks = max(sb.blocks_count - self._overhead(), 0)
+        avail = max(free_blocks - sb.r_blocks_count, 0)
+        return StatFs(sb.block_size, sb.cluster_size, blocks, free_blocks, avail, sb.inodes_count, free_inodes,
+                      NAME_MAX)
+
+    def orphans(self) -> list[InodeNo]:
+        """Inodes recorded as orphans (s_last_orphan chain and orphan file)."""
+        sb = self.sb
+        out = [InodeNo(i) for i in walk_orphan_chain(sb.last_orphan, sb.inodes_count,
+                                                      lambda i: self.inode(i).dtime)]
+        if sb.has_compat(COMPAT_ORPHAN_FILE) and sb.has_ro_compat(RO_COMPAT_ORPHAN_PRESENT) and sb.orphan_file_inum:
+            orec = self.inode(sb.orphan_file_inum)
+            bs = sb.block_size
+            nblocks = orec.size // bs
+            rl = self.runlist(orec)
+            for lb in range(min(nblocks, rl.mapped_blocks())):
+                pb = rl.map(lb)
+                if pb is None:
+                    raise CorruptError("orphan file", f"hole at block {lb}", inode=orec.ino)
+                data = self.cache.read(pb, "orphan file", orec.ino)
+                out += [InodeNo(i) for i in orphan_file_entries(
+                    data, ino=orec.ino, generation=orec.generation, block=pb,
+                    fs_seed=self.fs_seed if sb.metadata_csum else None, inodes_count=sb.inodes_count,
+                    salvage=self.salvage)]
+        return out
+
+    def inode_location(self, ino: InodeNo | int) -> tuple[GroupNo, BlockNo, int]:
+        """(group, inode-table block, byte offset in it) of inode ``ino``."""
+        sb = self.sb
+        group, index = divmod(ino - 1, sb.inodes_per_group)
+        desc = self.group_desc(group)
+        byte = index * sb.inode_size
+        return GroupNo(group), BlockNo(desc.inode_table + byte // sb.block_size), byte % sb.block_size

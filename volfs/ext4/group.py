@@ -1,0 +1,155 @@
+"""Group descriptors (group_descr.rst) and where they live.
+
+The descriptor table follows the primary superblock, except under meta_bg,
+where descriptor block ``i >= s_first_meta_bg`` sits in the first group of
+meta group ``i`` (after that group's superblock backup, if any).  Bitmaps and
+inode tables are always located through the descriptor fields, never by
+arithmetic (flex_bg packs them elsewhere).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from volfs.errors import CorruptError
+from volfs.ext4._struct import Struct
+from volfs.ext4.checksum import crc16, crc32c_raw
+from volfs.ext4.superblock import (
+    COMPAT_SPARSE_SUPER2,
+    INCOMPAT_META_BG,
+    RO_COMPAT_SPARSE_SUPER,
+    Superblock,
+)
+from volfs.ext4.types import BlockNo, GroupNo
+
+__all__ = ["GROUP_DESC32", "GROUP_DESC64", "GroupDesc", "parse_group_desc", "descriptor_block",
+           "group_has_super", "BG_INODE_UNINIT", "BG_BLOCK_UNINIT", "BG_INODE_ZEROED",
+           "group_desc_checksum", "group_first_block"]
+
+BG_INODE_UNINIT: Final = 0x1
+BG_BLOCK_UNINIT: Final = 0x2
+BG_INODE_ZEROED: Final = 0x4
+
+_FIELDS32 = [
+    ("bg_block_bitmap_lo", "I"), ("bg_inode_bitmap_lo", "I"), ("bg_inode_table_lo", "I"),
+    ("bg_free_blocks_count_lo", "H"), ("bg_free_inodes_count_lo", "H"), ("bg_used_dirs_count_lo", "H"),
+    ("bg_flags", "H"), ("bg_exclude_bitmap_lo", "I"), ("bg_block_bitmap_csum_lo", "H"),
+    ("bg_inode_bitmap_csum_lo", "H"), ("bg_itable_unused_lo", "H"), ("bg_checksum", "H"),
+]
+GROUP_DESC32 = Struct("ext4_group_desc(32)", _FIELDS32, size=32)
+GROUP_DESC64 = Struct("ext4_group_desc", _FIELDS32 + [
+    ("bg_block_bitmap_hi", "I"), ("bg_inode_bitmap_hi", "I"), ("bg_inode_table_hi", "I"),
+    ("bg_free_blocks_count_hi", "H"), ("bg_free_inodes_count_hi", "H"), ("bg_used_dirs_count_hi", "H"),
+    ("bg_itable_unused_hi", "H"), ("bg_exclude_bitmap_hi", "I"), ("bg_block_bitmap_csum_hi", "H"),
+    ("bg_inode_bitmap_csum_hi", "H"), ("bg_reserved", "I"),
+], size=64)
+_CSUM_OFF: Final = GROUP_DESC32.offsets["bg_checksum"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDesc:
+    group: GroupNo
+    block_bitmap: BlockNo
+    inode_bitmap: BlockNo
+    inode_table: BlockNo
+    free_blocks: int
+    free_inodes: int
+    used_dirs: int
+    flags: int
+    itable_unused: int
+    block_bitmap_csum: int
+    inode_bitmap_csum: int
+    checksum: int
+
+
+def _is_power(n: int, base: int) -> bool:
+    while n > 1 and n % base == 0:
+        n //= base
+    return n == 1
+
+
+def group_has_super(sb: Superblock, group: int) -> bool:
+    """Whether ``group`` holds a superblock (and GDT) backup."""
+    if group == 0:
+        return True
+    if sb.has_compat(COMPAT_SPARSE_SUPER2):
+        return group in sb.backup_bgs
+    if group <= 1 or not sb.has_ro_compat(RO_COMPAT_SPARSE_SUPER):
+        return True
+    if not group & 1:
+        return False
+    return _is_power(group, 3) or _is_power(group, 5) or _is_power(group, 7)
+
+
+def group_first_block(sb: Superblock, group: int) -> int:
+    return sb.first_data_block + group * sb.blocks_per_group
+
+
+def descriptor_block(sb: Superblock, index: int) -> BlockNo:
+    """Block number of descriptor-table block ``index`` (primary copy)."""
+    if not sb.has_incompat(INCOMPAT_META_BG) or index < sb.first_meta_bg:
+        return BlockNo(sb.first_data_block + 1 + index)
+    per_block = sb.block_size // sb.desc_size
+    group = per_block * index
+    first = group_first_block(sb, group)
+    adjust = 1 if (group == 0 and sb.block_size == 1024 and sb.first_data_block == 0) else 0
+    return BlockNo(first + (1 if group_has_super(sb, group) else 0) + adjust)
+
+
+def group_desc_checksum(sb: Superblock, fs_seed: int, group: int, raw: bytes) -> int:
+    """bg_checksum as metadata_csum or gdt_csum would store it."""
+    size = sb.desc_size
+    body = raw[:_CSUM_OFF] + b"\0\0" + raw[_CSUM_OFF + 2 : size]
+    if sb.metadata_csum:
+        return crc32c_raw(crc32c_raw(fs_seed, struct.pack("<I", group)), body) & 0xFFFF
+    crc = crc16(0xFFFF, sb.uuid)
+    crc = crc16(crc, struct.pack("<I", group))
+    crc = crc16(crc, raw[:_CSUM_OFF])
+    if size > _CSUM_OFF + 2:
+        crc = crc16(crc, raw[_CSUM_OFF + 2 : size])
+    return crc
+
+
+def parse_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, *, verify: bool,
+                     block: int | None = None) -> GroupDesc:
+    """Decode one descriptor (``raw`` is ``s_desc_size`` bytes); check it when asked."""
+    if sb.desc_size >= 64:
+        r = GROUP_DESC64.unpack(raw)
+
+        def wide(lo: str, hi: str) -> int:
+            return r.u(lo) | (r.u(hi) << (32 if r.struct.field_size(hi) == 4 else 16))
+
+        bb = wide("bg_block_bitmap_lo", "bg_block_bitmap_hi")
+        ib = wide("bg_inode_bitmap_lo", "bg_inode_bitmap_hi")
+        it = wide("bg_inode_table_lo", "bg_inode_table_hi")
+        fb = wide("bg_free_blocks_count_lo", "bg_free_blocks_count_hi")
+        fi = wide("bg_free_inodes_count_lo", "bg_free_inodes_count_hi")
+        ud = wide("bg_used_dirs_count_lo", "bg_used_dirs_count_hi")
+        iu = wide("bg_itable_unused_lo", "bg_itable_unused_hi")
+        bbc = wide("bg_block_bitmap_csum_lo", "bg_block_bitmap_csum_hi")
+        ibc = wide("bg_inode_bitmap_csum_lo", "bg_inode_bitmap_csum_hi")
+    else:
+        r = GROUP_DESC32.unpack(raw)
+        bb, ib, it = r.u("bg_block_bitmap_lo"), r.u("bg_inode_bitmap_lo"), r.u("bg_inode_table_lo")
+        fb, fi = r.u("bg_free_blocks_count_lo"), r.u("bg_free_inodes_count_lo")
+        ud, iu = r.u("bg_used_dirs_count_lo"), r.u("bg_itable_unused_lo")
+        bbc, ibc = r.u("bg_block_bitmap_csum_lo"), r.u("bg_inode_bitmap_csum_lo")
+    desc = GroupDesc(GroupNo(group), BlockNo(bb), BlockNo(ib), BlockNo(it), fb, fi, ud, r.u("bg_flags"),
+                     iu, bbc, ibc, r.u("bg_checksum"))
+    if verify:
+        if sb.metadata_csum or sb.gdt_csum:
+            want = group_desc_checksum(sb, fs_seed, group, raw)
+            if want != desc.checksum:
+                raise CorruptError("group descriptor", f"group {group}: checksum 0x{desc.checksum:04x} "
+                                   f"!= computed 0x{want:04x}", block=block)
+        itable_blocks = (sb.inodes_per_group * sb.inode_size + sb.block_size - 1) // sb.block_size
+        for what, blk, n in (("block bitmap", bb, 1), ("inode bitmap", ib, 1), ("inode table", it, itable_blocks)):
+            if blk < sb.first_data_block or blk + n > sb.blocks_count:
+                raise CorruptError("group descriptor", f"group {group}: {what} at block {blk} lies outside "
+                                   "the filesystem", block=block)
+        if iu > sb.inodes_per_group or fi > sb.inodes_per_group:
+            raise CorruptError("group descriptor", f"group {group}: inode counts exceed s_inodes_per_group",
+                               block=block)
+    return desc

@@ -1,0 +1,184 @@
+"""Inodes (inodes.rst): the record, timestamps, sizes, checksum.
+
+An inode record is ``s_inode_size`` bytes: the 128-byte base, the extra
+fields covered by ``i_extra_isize`` (checksum_hi, ``*_extra`` times, crtime,
+version_hi, projid) and the in-inode xattr area after them.  Fields beyond
+``128 + i_extra_isize`` are not valid and are read as absent.
+
+Timestamps are signed 32-bit seconds widened by the two epoch bits of
+``*_extra`` (whose upper 30 bits are nanoseconds); ``i_dtime`` is not
+widened (it doubles as the orphan-list link).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from volfs.errors import CorruptError
+from volfs.ext4._struct import Struct
+from volfs.ext4.checksum import crc32c_raw, inode_seed
+from volfs.ext4.types import InodeNo
+
+__all__ = ["INODE", "Inode", "parse_inode", "inode_checksum", "EXT4_INDEX_FL", "EXT4_EXTENTS_FL",
+           "EXT4_INLINE_DATA_FL", "EXT4_ENCRYPT_FL", "EXT4_CASEFOLD_FL", "EXT4_EA_INODE_FL",
+           "EXT4_HUGE_FILE_FL", "EXT4_VERITY_FL"]
+
+INODE = Struct("ext4_inode", [
+    ("i_mode", "H"), ("i_uid", "H"), ("i_size_lo", "I"), ("i_atime", "I"), ("i_ctime", "I"),
+    ("i_mtime", "I"), ("i_dtime", "I"), ("i_gid", "H"), ("i_links_count", "H"), ("i_blocks_lo", "I"),
+    ("i_flags", "I"), ("l_i_version", "I"), ("i_block", "60s"), ("i_generation", "I"),
+    ("i_file_acl_lo", "I"), ("i_size_high", "I"), ("i_obso_faddr", "I"),
+    ("l_i_blocks_high", "H"), ("l_i_file_acl_high", "H"), ("l_i_uid_high", "H"), ("l_i_gid_high", "H"),
+    ("l_i_checksum_lo", "H"), ("l_i_reserved", "H"),
+    ("i_extra_isize", "H"), ("i_checksum_hi", "H"), ("i_ctime_extra", "I"), ("i_mtime_extra", "I"),
+    ("i_atime_extra", "I"), ("i_crtime", "I"), ("i_crtime_extra", "I"), ("i_version_hi", "I"),
+    ("i_projid", "I"),
+], size=160)
+INODE_BASE_SIZE: Final = 128
+_CSUM_LO: Final = INODE.offsets["l_i_checksum_lo"]
+_CSUM_HI: Final = INODE.offsets["i_checksum_hi"]
+_IDX = {name: i for i, (name, _) in enumerate(INODE.fields)}
+
+EXT4_HUGE_FILE_FL: Final = 0x40000
+EXT4_INDEX_FL: Final = 0x1000
+EXT4_EXTENTS_FL: Final = 0x80000
+EXT4_EA_INODE_FL: Final = 0x200000
+EXT4_INLINE_DATA_FL: Final = 0x10000000
+EXT4_ENCRYPT_FL: Final = 0x800
+EXT4_CASEFOLD_FL: Final = 0x40000000
+EXT4_VERITY_FL: Final = 0x100000
+
+_NS: Final = 1_000_000_000
+
+
+def _time_ns(seconds: int, extra: int | None) -> int:
+    sec = seconds - (1 << 32) if seconds & 0x80000000 else seconds
+    if extra is None:
+        return sec * _NS
+    sec += (extra & 3) << 32
+    return sec * _NS + min(extra >> 2, _NS - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """One decoded inode record."""
+
+    ino: InodeNo
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    links_count: int
+    blocks_512: int
+    flags: int
+    generation: int
+    file_acl: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    crtime_ns: int | None
+    dtime: int
+    i_block: bytes
+    extra_isize: int
+    projid: int
+    version: int
+    raw: bytes
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def rdev(self) -> int:
+        """Device number of a character or block special file (0 otherwise)."""
+        if not (stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode)):
+            return 0
+        old, new = struct.unpack_from("<II", self.i_block)
+        if old:
+            return os.makedev((old >> 8) & 0xFF, old & 0xFF)
+        return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
+
+    @property
+    def ibody_xattr_area(self) -> bytes:
+        """The in-inode xattr area (after the extra fields), possibly empty."""
+        start = INODE_BASE_SIZE + self.extra_isize
+        return self.raw[start:] if start < len(self.raw) else b""
+
+
+def inode_checksum(seed: int, raw: bytes, extra_isize: int) -> int:
+    """crc over the whole record with l_i_checksum_lo (and i_checksum_hi) zeroed."""
+    has_hi = len(raw) > INODE_BASE_SIZE and extra_isize >= 4
+    body = bytearray(raw)
+    body[_CSUM_LO : _CSUM_LO + 2] = b"\0\0"
+    if has_hi:
+        body[_CSUM_HI : _CSUM_HI + 2] = b"\0\0"
+    crc = crc32c_raw(seed, body)
+    return crc if has_hi else crc & 0xFFFF
+
+
+def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block_size: int,
+                csum_seed: int | None, block: int | None = None) -> Inode:
+    """Decode a record; with ``csum_seed`` (the fs seed under metadata_csum) verify it."""
+    extended = len(raw) > INODE_BASE_SIZE
+    head = raw if len(raw) >= INODE.size else raw + bytes(INODE.size - len(raw))
+    v = INODE.unpack_tuple(head)
+
+    def u(name: str) -> int:
+        x = v[_IDX[name]]
+        return x if isinstance(x, int) else 0
+
+    extra_isize = u("i_extra_isize") if extended else 0
+    if extended and (extra_isize & 3 or INODE_BASE_SIZE + extra_isize > len(raw)):
+        raise CorruptError("inode", f"i_extra_isize {extra_isize} is invalid", inode=ino, block=block)
+    if csum_seed is not None:
+        seed = inode_seed(csum_seed, ino, u("i_generation"))
+        want = inode_checksum(seed, raw, extra_isize)
+        stored = u("l_i_checksum_lo")
+        if extended and extra_isize >= 4:
+            stored |= u("i_checksum_hi") << 16
+        if want != stored:
+            raise CorruptError("inode", f"checksum 0x{stored:08x} != computed 0x{want:08x}", inode=ino,
+                               block=block)
+
+    def extra(name: str, need: int) -> int | None:
+        return u(name) if extended and extra_isize >= need else None
+
+    mode = u("i_mode")
+    size = u("i_size_lo")
+    if large_dir or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        # ext4 keeps i_size_high for directories too (ext2's i_dir_acl was never used).
+        size |= u("i_size_high") << 32
+    flags = u("i_flags")
+    blocks = u("i_blocks_lo")
+    if huge_file:
+        blocks |= u("l_i_blocks_high") << 32
+        if flags & EXT4_HUGE_FILE_FL:
+            blocks *= block_size // 512
+    crtime_extra = extra("i_crtime_extra", 24)
+    crtime = extra("i_crtime", 20)
+    ib = v[_IDX["i_block"]]
+    return Inode(
+        ino=InodeNo(ino), mode=mode, uid=u("i_uid") | (u("l_i_uid_high") << 16),
+        gid=u("i_gid") | (u("l_i_gid_high") << 16), size=size, links_count=u("i_links_count"),
+        blocks_512=blocks, flags=flags, generation=u("i_generation"),
+        file_acl=u("i_file_acl_lo") | (u("l_i_file_acl_high") << 32),
+        atime_ns=_time_ns(u("i_atime"), extra("i_atime_extra", 16)),
+        mtime_ns=_time_ns(u("i_mtime"), extra("i_mtime_extra", 12)),
+        ctime_ns=_time_ns(u("i_ctime"), extra("i_ctime_extra", 8)),
+        crtime_ns=_time_ns(crtime, crtime_extra) if crtime is not None else None,
+        dtime=u("i_dtime"), i_block=ib if isinstance(ib, bytes) else b"", extra_isize=extra_isize,
+        projid=extra("i_projid", 32) or 0,
+        version=u("l_i_version") | ((extra("i_version_hi", 28) or 0) << 32), raw=bytes(raw),
+    )

@@ -1,0 +1,166 @@
+"""Extended attributes (attributes.rst): in-inode, xattr block, EA inodes, ACLs.
+
+In-inode xattrs follow ``i_extra_isize``: a 4-byte magic 0xEA020000, then
+entries whose ``e_value_offs`` count from the first entry.  An xattr block
+has a 32-byte header (magic, refcount, blocks, hash, checksum) and entries
+whose value offsets count from the block start; its checksum is
+``crc(fs seed, le64 block number, block with h_checksum zeroed)``.  A value
+with ``e_value_inum`` lives in an EA inode (ea_inode feature).  Entries end
+at four zero bytes.
+
+POSIX ACLs are stored in a compact ext4 format (version 1, short entries for
+the owner/group/mask/other tags); they are shown as the kernel's
+``system.posix_acl_*`` xattr format (version 2, 8-byte entries).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from volfs.errors import CorruptError
+from volfs.ext4._struct import Struct
+from volfs.ext4.checksum import crc32c_raw
+
+__all__ = ["XATTR_HEADER", "XATTR_IBODY_HEADER", "XATTR_ENTRY", "XattrEntry", "parse_xattr_entries",
+           "parse_ibody", "parse_xattr_block", "full_name", "split_name", "acl_to_xattr", "XATTR_MAGIC"]
+
+XATTR_HEADER = Struct("ext4_xattr_header", [
+    ("h_magic", "I"), ("h_refcount", "I"), ("h_blocks", "I"), ("h_hash", "I"), ("h_checksum", "I"),
+    ("h_reserved", "12s"),
+], size=32)
+XATTR_IBODY_HEADER = Struct("ext4_xattr_ibody_header", [("h_magic", "I")], size=4)
+XATTR_ENTRY = Struct("ext4_xattr_entry", [
+    ("e_name_len", "B"), ("e_name_index", "B"), ("e_value_offs", "H"), ("e_value_inum", "I"),
+    ("e_value_size", "I"), ("e_hash", "I"),
+], size=16)
+XATTR_MAGIC: Final = 0xEA020000
+
+_PREFIX: Final = {1: b"user.", 2: b"system.posix_acl_access", 3: b"system.posix_acl_default",
+                  4: b"trusted.", 6: b"security.", 7: b"system.", 8: b"system.richacl"}
+_BY_PREFIX: Final = sorted(((v, k) for k, v in _PREFIX.items()), key=lambda kv: -len(kv[0]))
+ACL_INDEXES: Final = (2, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class XattrEntry:
+    name_index: int
+    name: bytes  # without the prefix
+    value: bytes | None  # None when the value lives in an EA inode
+    value_inum: int
+    value_size: int
+
+    @property
+    def full_name(self) -> bytes:
+        return full_name(self.name_index, self.name)
+
+
+def full_name(index: int, name: bytes) -> bytes:
+    prefix = _PREFIX.get(index)
+    if prefix is None:
+        return b"unknown" + str(index).encode() + b"." + name
+    return prefix + name
+
+
+def split_name(name: bytes) -> tuple[int, bytes] | None:
+    """(e_name_index, suffix) for a full xattr name; None if no prefix matches."""
+    for prefix, index in _BY_PREFIX:
+        if index in ACL_INDEXES:
+            if name == prefix:
+                return index, b""
+            continue
+        if name.startswith(prefix):
+            return index, name[len(prefix):]
+    return None
+
+
+def parse_xattr_entries(data: bytes, start: int, value_base: int, value_end: int, *, ino: int,
+                        block: int | None, where: str) -> list[XattrEntry]:
+    """Entries from ``data[start:]`` until the 4-zero-byte terminator."""
+    out: list[XattrEntry] = []
+    pos = start
+    limit = len(data)
+
+    def bad(msg: str) -> CorruptError:
+        return CorruptError(where, msg, inode=ino, block=block)
+
+    while True:
+        if pos + 4 > limit:
+            raise bad("entry list is not terminated")
+        if data[pos : pos + 4] == b"\0\0\0\0":
+            return out
+        if pos + XATTR_ENTRY.size > limit:
+            raise bad(f"entry at offset {pos} is truncated")
+        name_len, index, voffs, vinum, vsize, _hash = XATTR_ENTRY.unpack_ints(data, pos)
+        name_end = pos + XATTR_ENTRY.size + name_len
+        if name_end > limit:
+            raise bad(f"entry name at offset {pos} runs past the end")
+        name = bytes(data[pos + XATTR_ENTRY.size : name_end])
+        value: bytes | None = None
+        if vinum == 0:
+            vstart = value_base + voffs
+            if vsize and (vstart < name_end or vstart + vsize > value_end):
+                raise bad(f"value of {name!r} (offset {voffs}, size {vsize}) lies outside the area")
+            value = bytes(data[vstart : vstart + vsize])
+        elif vsize > (1 << 26):
+            raise bad(f"EA inode value size {vsize} is absurd")
+        out.append(XattrEntry(index, name, value, vinum, vsize))
+        pos = (name_end + 3) & ~3
+
+
+def parse_ibody(area: bytes, *, ino: int) -> list[XattrEntry]:
+    """In-inode xattrs from the area after ``i_extra_isize`` (empty without the magic)."""
+    if len(area) < 4 or int.from_bytes(area[:4], "little") != XATTR_MAGIC:
+        return []
+    return parse_xattr_entries(area, 4, 4, len(area), ino=ino, block=None, where="in-inode xattrs")
+
+
+def xattr_block_checksum(fs_seed: int, block: int, data: bytes) -> int:
+    off = XATTR_HEADER.offsets["h_checksum"]
+    body = data[:off] + b"\0\0\0\0" + data[off + 4 :]
+    return crc32c_raw(crc32c_raw(fs_seed, struct.pack("<Q", block)), body)
+
+
+def parse_xattr_block(data: bytes, *, ino: int, block: int, csum_seed: int | None,
+                      salvage: bool = False) -> list[XattrEntry]:
+    hdr = XATTR_HEADER.unpack(data)
+    if hdr.u("h_magic") != XATTR_MAGIC:
+        raise CorruptError("xattr block", f"bad magic 0x{hdr.u('h_magic'):08x}", inode=ino, block=block)
+    if hdr.u("h_blocks") != 1:
+        raise CorruptError("xattr block", f"h_blocks {hdr.u('h_blocks')} != 1", inode=ino, block=block)
+    if csum_seed is not None and not salvage:
+        want = xattr_block_checksum(csum_seed, block, data)
+        if want != hdr.u("h_checksum"):
+            raise CorruptError("xattr block", f"checksum 0x{hdr.u('h_checksum'):08x} != computed 0x{want:08x}",
+                               inode=ino, block=block)
+    return parse_xattr_entries(data, XATTR_HEADER.size, 0, len(data), ino=ino, block=block, where="xattr block")
+
+
+# POSIX ACLs ------------------------------------------------------------------
+
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
+
+
+def acl_to_xattr(value: bytes, *, ino: int) -> bytes:
+    """ext4's on-disk ACL (version 1) as the ``system.posix_acl_*`` format (version 2)."""
+    if len(value) < 4 or int.from_bytes(value[:4], "little") != 1:
+        raise CorruptError("ACL", "bad ACL version", inode=ino)
+    out = [struct.pack("<I", 2)]
+    pos = 4
+    while pos < len(value):
+        if pos + 4 > len(value):
+            raise CorruptError("ACL", "truncated ACL entry", inode=ino)
+        tag, perm = struct.unpack_from("<HH", value, pos)
+        if tag in (_ACL_USER, _ACL_GROUP):
+            if pos + 8 > len(value):
+                raise CorruptError("ACL", "truncated ACL entry", inode=ino)
+            (ident,) = struct.unpack_from("<I", value, pos + 4)
+            pos += 8
+        elif tag in (_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER):
+            ident = 0xFFFFFFFF
+            pos += 4
+        else:
+            raise CorruptError("ACL", f"unknown ACL tag 0x{tag:x}", inode=ino)
+        out.append(struct.pack("<HHI", tag, perm, ident))
+    return b"".join(out)
