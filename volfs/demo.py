@@ -30,6 +30,7 @@ async def tour(home: Path) -> None:
     disk = await volfs.Volume.builder("demo-disk", home=home).disk().size("128M").label("kind", "db").create()
     _say(f"created disk volume {disk.name!r}: {disk.disk_path} ({disk.capacity_bytes >> 20} MiB ext4 image)")
 
+    await _files(home)
 
     _say("\nvolumes (newest first):")
     for h in await volfs.Volume.list(home=home):
@@ -46,6 +47,29 @@ async def tour(home: Path) -> None:
         await volfs.Volume.remove(name, home=home)
         _say(f"removed {name!r}")
     _say(f"volumes left: {[h.name for h in await volfs.Volume.list(home=home)]}")
+
+
+async def _files(home: Path) -> None:
+    """Files written and read through each volume's handle."""
+    for name in ("demo-cache", "demo-disk"):
+        handle = await volfs.Volume.get(name, home=home)
+        try:
+            fs = handle.fs
+        except VolfsError as exc:
+            _say(f"\n{name}: file access not available yet: {exc}")
+            continue
+        _say(f"\n{name}: files through the handle")
+        await fs.write("/notes/hello.txt", b"hello from the host\n")
+        await fs.mkdir("/src/pkg")
+        await fs.write("/src/pkg/__init__.py", b"VERSION = '1.0'\n")
+        _say(f"  read /notes/hello.txt -> {await fs.read('/notes/hello.txt')!r}")
+        for entry in await fs.list("/src/pkg"):
+            _say(f"  list /src/pkg -> {entry.path} ({entry.kind}, {entry.size} bytes)")
+        st = await fs.stat("/notes/hello.txt")
+        _say(f"  stat /notes/hello.txt -> size={st.size} mode={oct(st.mode)}")
+        await fs.rename("/notes/hello.txt", "/notes/renamed.txt")
+        _say(f"  exists after rename: {await fs.exists('/notes/hello.txt')} / {await fs.exists('/notes/renamed.txt')}")
+        await fs.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -408,9 +408,11 @@ def _check_matches(handle: VolumeHandle, config: VolumeConfig) -> None:
     if handle.kind is not config.kind:
         problems.append(f"kind is {handle.kind.value}, requested {config.kind.value}")
     if config.quota_mib is not None and handle.quota_mib != config.quota_mib:
-        problems.append(f"quota is {handle.quota_mib} MiB, requested {config.quota_mib} MiB")
+        have = f"{handle.quota_mib} MiB" if handle.quota_mib is not None else "not set"
+        problems.append(f"quota is {have}, requested {config.quota_mib} MiB")
     if config.capacity_bytes is not None and handle.capacity_bytes != config.capacity_bytes:
-        problems.append(f"capacity is {handle.capacity_bytes} bytes, requested {config.capacity_bytes}")
+        have = f"{handle.capacity_bytes} bytes" if handle.capacity_bytes is not None else "not set"
+        problems.append(f"capacity is {have}, requested {config.capacity_bytes} bytes")
     for key, value in config.labels:
         if handle.labels.get(key) != value:
             have = handle.labels.get(key)

@@ -1,0 +1,67 @@
+"""Volume.get(name).fs: the wiring from a volume to its filesystem handle."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+import volfs
+from volfs.errors import VolfsError, VolumeBusy
+from volfs.sync import Volume
+
+
+def test_directory_volume_fs_reads_and_writes(home: Path) -> None:
+    vol = Volume.create("d", home=home)
+    fs = Volume.get("d", home=home).fs
+    fs.write("/a/b.txt", b"hello")
+    assert (vol.path / "a" / "b.txt").read_bytes() == b"hello"
+    assert fs.read("/a/b.txt") == b"hello"
+    st = os.stat(vol.path / "a" / "b.txt")
+    assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())  # a directory volume's default owner
+    fs.close()
+
+
+def test_open_handle_holds_the_lock(home: Path) -> None:
+    Volume.create("d", home=home)
+    h = Volume.get("d", home=home)
+    fs = h.fs
+    assert h.fs is fs  # one handle per VolumeHandle
+    assert Volume.get("d", home=home).in_use
+    with pytest.raises(VolumeBusy):
+        Volume.remove("d", home=home)
+    second = Volume.get("d", home=home).open_fs(readonly=True)  # directory volumes share the lock
+    second.close()
+    fs.close()
+    assert Volume.get("d", home=home).in_use == ()
+    Volume.remove("d", home=home)
+
+
+def test_read_only_handle(home: Path) -> None:
+    Volume.create("d", home=home)
+    fs = Volume.get("d", home=home).open_fs(readonly=True)
+    with pytest.raises(VolfsError) as info:
+        fs.write("/x", b"no")
+    assert info.value.errno == errno.EROFS
+    fs.close()
+
+
+def test_disk_volume_fs_is_a_clear_error_for_now(home: Path) -> None:
+    Volume.create("img", home=home, kind="disk", size_mib=64)
+    with pytest.raises(VolfsError) as info:
+        Volume.get("img", home=home).fs
+    assert info.value.errno == errno.EOPNOTSUPP and "disk volumes are not readable yet" in str(info.value)
+    assert Volume.get("img", home=home).in_use == ()  # nothing was left locked
+    Volume.remove("img", home=home)
+
+
+@pytest.mark.trio
+async def test_async_handle_fs(home: Path) -> None:
+    await volfs.Volume.create("d", home=home)
+    h = await volfs.Volume.get("d", home=home)
+    await h.fs.write("/n.txt", b"async")
+    assert await h.fs.read("/n.txt") == b"async"
+    assert [e.path for e in await h.fs.list("/")] == ["/n.txt"]
+    await h.fs.aclose()
