@@ -77,6 +77,7 @@ from volfs.ext4.superblock import (
     FLAGS_UNSIGNED_HASH,
     INCOMPAT,
     INCOMPAT_CSUM_SEED,
+    INCOMPAT_EXTENTS,
     INCOMPAT_FILETYPE,
     INCOMPAT_LARGEDIR,
     INCOMPAT_META_BG,
@@ -338,7 +339,11 @@ class Filesystem:
 
     def getattr(self, ino: InodeNo | int) -> Attr:
         r = self._live(ino)
-        return Attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, r.blocks_512, r.atime_ns,
+        blocks = r.blocks_512
+        if r.flags & EXT4_INLINE_DATA_FL and r.is_reg:
+            # As the kernel's ext4_file_getattr: count inline bytes so the file does not look sparse.
+            blocks += (r.size + 511) >> 9
+        return Attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, blocks, r.atime_ns,
                     r.mtime_ns, r.ctime_ns, r.crtime_ns, r.flags, r.generation, self.sb.block_size)
 
     def _inode_seed(self, rec: Inode) -> int | None:
@@ -678,7 +683,10 @@ class Filesystem:
             free_inodes += d.free_inodes
         free_blocks *= sb.cluster_size // sb.block_size
         blocks = max(sb.blocks_count - self._overhead(), 0)
-        avail = max(free_blocks - sb.r_blocks_count, 0)
+        # The kernel also holds back 2% (at most 4096 clusters) on extent filesystems (s_resv_clusters).
+        ratio = sb.cluster_size // sb.block_size
+        resv = min((sb.blocks_count // ratio) // 50, 4096) * ratio if sb.has_incompat(INCOMPAT_EXTENTS) else 0
+        avail = max(free_blocks - sb.r_blocks_count - resv, 0)
         return StatFs(sb.block_size, sb.cluster_size, blocks, free_blocks, avail, sb.inodes_count, free_inodes,
                       NAME_MAX)
 
