@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import builtins
 import functools
-from collections.abc import Callable, Iterable, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 
 from volfs import volume as _core
+from volfs.mounts import MountOptions, MountRecord
 from volfs.volume import HomeArg, NamedVolumeMode, VolumeConfig, VolumeKind, VolumeSpecBuilder
 
 if TYPE_CHECKING:
@@ -45,7 +48,7 @@ class VolumeHandle:
         self._fs: VolumeFsHandle | None = None
 
     def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_") or attr in {"fs", "remove", "open_fs"}:
+        if attr.startswith("_") or attr in {"fs", "remove", "open_fs", "mount"}:
             raise AttributeError(attr)
         return getattr(self.sync, attr)
 
@@ -70,6 +73,17 @@ class VolumeHandle:
     async def remove(self) -> None:
         """Delete this volume."""
         await _run(self.sync.remove)
+
+    @asynccontextmanager
+    async def mount(self, mountpoint: str | os.PathLike[str], *, readonly: bool = False,
+                    options: MountOptions | None = None) -> AsyncIterator[MountRecord]:  # fmt: skip
+        """``async with handle.mount(path):`` the FUSE mount of this volume (see the blocking twin)."""
+        cm = self.sync.mount(mountpoint, readonly=readonly, options=options)
+        record = await _run(cm.__enter__)
+        try:
+            yield record
+        finally:
+            await _run(cm.__exit__, None, None, None)
 
 
 class Volume:

@@ -35,8 +35,9 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -47,6 +48,10 @@ from volfs.diskimage import format_disk_image
 from volfs.errors import InvalidArgument, VolfsError, VolumeBusy, VolumeExists, VolumeNotFound, error
 from volfs.home import DISK_IMAGE_NAME, Home, resolve_home
 from volfs.locks import AccessLock, is_locked, name_lock
+from volfs.mounts import MountOptions, MountRecord
+from volfs.mounts import mount as start_mount
+from volfs.mounts import read_record as read_mount_record
+from volfs.mounts import unmount as stop_mount
 from volfs.names import host_component, parse_size_mib, validate_labels, validate_name
 from volfs.registry import Registry, VolumeRecord
 
@@ -234,8 +239,9 @@ class VolumeHandle:
 
     ``used_bytes`` is measured when the handle is made: the space allocated
     under a directory volume, or the host space allocated to a disk volume's
-    image. ``in_use`` lists why the volume is busy (active sandboxes, or a
-    held access lock), empty when it is free.
+    image. ``in_use`` lists why the volume is busy (active sandboxes, a host
+    mount, or a held access lock), empty when it is free; ``mountpoint`` is
+    where ``volfs mount`` serves it, if it does.
     """
 
     name: str
@@ -251,6 +257,7 @@ class VolumeHandle:
     used_bytes: int
     status: VolumeStatus
     in_use: tuple[str, ...]
+    mountpoint: Path | None = None
     _fs: list[PathFs] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -276,6 +283,22 @@ class VolumeHandle:
     def remove(self) -> None:
         """Delete this volume (see :meth:`Volume.remove`)."""
         Volume.remove(self.name, home=self.home)
+
+    @contextmanager
+    def mount(self, mountpoint: str | os.PathLike[str], *, readonly: bool = False,
+              options: MountOptions | None = None) -> Iterator[MountRecord]:  # fmt: skip
+        """Mount this volume through FUSE for the duration of a ``with`` block.
+
+        The daemon runs in its own process (see :mod:`volfs.mounts`); leaving
+        the block unmounts and waits until everything is written back.
+        ``options`` gives every ``volfs mount`` flag; ``readonly`` overrides it.
+        """
+        opts = replace(options or MountOptions(), readonly=readonly or (options is not None and options.readonly))
+        record = start_mount(self.home, self.name, mountpoint, opts)
+        try:
+            yield record
+        finally:
+            stop_mount(self.home, record.mountpoint)
 
 
 class Volume:
@@ -414,9 +437,11 @@ def _check_matches(handle: VolumeHandle, config: VolumeConfig) -> None:
         have = f"{handle.capacity_bytes} bytes" if handle.capacity_bytes is not None else "not set"
         problems.append(f"capacity is {have}, requested {config.capacity_bytes} bytes")
     for key, value in config.labels:
-        if handle.labels.get(key) != value:
-            have = handle.labels.get(key)
-            problems.append(f"label {key!r} is {have!r}, requested {value!r}" if have is not None else f"label {key!r} is missing")
+        stored = handle.labels.get(key)
+        if stored is None:
+            problems.append(f"label {key!r} is missing")
+        elif stored != value:
+            problems.append(f"label {key!r} is {stored!r}, requested {value!r}")
     if problems:
         raise InvalidArgument("existing volume does not match the request: " + "; ".join(problems), config.name)
 
@@ -509,6 +534,9 @@ def _remove_locked(h: Home, registry: Registry, name: str) -> None:
     if record is None and not present:
         _sweep_temporaries(h, name)
         raise VolumeNotFound(name)
+    mount = read_mount_record(h, name)
+    if mount is not None and mount.alive:
+        raise VolumeBusy(name, f"volume is mounted at {mount.mountpoint}; `volfs unmount {name}` first")
     users = registry.sandboxes_using(name)
     if users:
         raise VolumeBusy(name, f"volume is attached to active sandbox {', '.join(map(repr, users))}")
@@ -573,7 +601,11 @@ def _handle_from(h: Home, registry: Registry, name: str, record: VolumeRecord | 
     if present:
         used = os.lstat(primary).st_blocks * 512 if kind is VolumeKind.DISK else _dir_usage(path)
     in_use = [f"sandbox {s}" for s in registry.sandboxes_using(name)] if record is not None else []
-    if present and is_locked(primary):
+    mount = read_mount_record(h, name)
+    mountpoint = Path(mount.mountpoint) if mount is not None and mount.alive else None
+    if mountpoint is not None:
+        in_use.append(f"mounted at {mountpoint}")
+    elif present and is_locked(primary):
         in_use.append("locked by a volfs process or a sandbox")
     return VolumeHandle(
         name=name,
@@ -589,4 +621,5 @@ def _handle_from(h: Home, registry: Registry, name: str, record: VolumeRecord | 
         used_bytes=used,
         status=status,
         in_use=tuple(in_use),
+        mountpoint=mountpoint,
     )

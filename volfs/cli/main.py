@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from volfs.errors import VolfsError
+from volfs import mounts
+from volfs.errors import InvalidArgument, VolfsError
+from volfs.home import resolve_home
+from volfs.mounts import MountOptions
 from volfs.names import parse_label
 from volfs.volume import Volume, VolumeHandle, VolumeKind
 
@@ -57,12 +61,19 @@ def volume_json(h: VolumeHandle) -> dict[str, Any]:
         "labels": h.labels,
         "created_at": h.created_at.isoformat() if h.created_at else None,
         "in_use": list(h.in_use),
+        "mountpoint": str(h.mountpoint) if h.mountpoint else None,
     }
 
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _in_use_column(h: VolumeHandle) -> str:
+    if h.mountpoint is not None:
+        return f"mounted:{h.mountpoint}"
+    return "yes" if h.in_use else "no"
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -91,7 +102,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for h in handles:
         rows.append(
             [h.name, h.kind.value, _size_column(h), _human(h.used_bytes), _created(h),
-             "yes" if h.in_use else "no", h.status.value]
+             _in_use_column(h), h.status.value]
         )  # fmt: skip
     print(_table(rows))
     broken = [h.name for h in handles if h.status.value != "ok"]
@@ -149,6 +160,42 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return status
 
 
+def _ids(text: str, what: str) -> tuple[int, ...]:
+    parts = text.split(":")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    want = 2 if what == "--owner" else 3
+    if len(values) != want or min(values) < 0:
+        shape = "UID:GID" if want == 2 else "GUEST:HOST:COUNT"
+        raise InvalidArgument(f"invalid {what} {text!r}: expected {shape} (non-negative integers)")
+    return values
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    owner = _ids(args.owner, "--owner") if args.owner else None
+    options = MountOptions(
+        readonly=args.ro, noexec=args.noexec, nosuid=args.nosuid, nodev=args.nodev, allow_other=args.allow_other,
+        owner=(owner[0], owner[1]) if owner else None,
+        uid_map=tuple(_ids(t, "--uid-map") for t in args.uid_map),  # type: ignore[misc]
+        gid_map=tuple(_ids(t, "--gid-map") for t in args.gid_map),  # type: ignore[misc]
+        log=os.path.abspath(args.log) if args.log else None,
+    )  # fmt: skip
+    handle = Volume.get(args.name, home=args.home)
+    record = mounts.mount(handle.home, handle.name, args.mountpoint, options, foreground=args.foreground)
+    if not args.quiet:
+        print(f"{record.name} mounted at {record.mountpoint} (pid {record.pid})")
+    return 0
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    record = mounts.unmount(resolve_home(args.home), args.target)
+    if not args.quiet:
+        print(f"{record.name} unmounted from {record.mountpoint}")
+    return 0
+
+
 def _report(exc: BaseException) -> None:
     print(f"volfs: {exc}", file=sys.stderr)
 
@@ -176,6 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--json", action="store_true", help="JSON output (an array)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("mount", help="mount a volume on the host through FUSE")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--ro", action="store_true", help="read-only")
+    p.add_argument("--noexec", action="store_true", help="no program execution from the mount")
+    p.add_argument("--nosuid", action="store_true", help="ignore set-user-id bits")
+    p.add_argument("--nodev", action="store_true", help="no device access")
+    p.add_argument("--allow-other", action="store_true", help="let other users access the mount")
+    p.add_argument("--owner", metavar="UID:GID", help="show every file as owned by UID:GID")
+    p.add_argument("--uid-map", action="append", default=[], metavar="GUEST:HOST:COUNT", help="map guest uids")
+    p.add_argument("--gid-map", action="append", default=[], metavar="GUEST:HOST:COUNT", help="map guest gids")
+    p.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    p.add_argument("--log", metavar="FILE", help="append the daemon's log to FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("unmount", aliases=["umount"], help="unmount a volume (commits everything first)")
+    p.add_argument("target", metavar="MOUNTPOINT|NAME")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=cmd_unmount)
 
     p = sub.add_parser("rm", aliases=["remove"], help="remove volumes and their data")
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -1,0 +1,161 @@
+"""The mount daemon: serves one volume through FUSE until it is unmounted.
+
+Started by :func:`volfs.mounts.mount` as ``python -m volfs_fuse.daemon ARGS
+READY_FD`` (or in-process for ``--foreground``). Its life:
+
+1. open the volume's backend, taking the volume's access lock (a conflict is
+   reported back through the ready pipe as ``error: ...``);
+2. mount with pyfuse3, record itself in the mount state file, write
+   ``ready`` to the pipe;
+3. serve until the kernel unmounts (``fusermount3 -u``) or SIGINT/SIGTERM
+   arrive (then it unmounts itself);
+4. whatever happened: close the backend (everything written is flushed),
+   release the lock, delete the state file. The FUSE session is always
+   closed; on a signal the mount is removed too.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from volfs.access import default_owner, open_backend
+from volfs.errors import VolfsError, error
+from volfs.home import Home
+from volfs.mounts import MountOptions, MountRecord, remove_record, write_record
+from volfs.volume import Volume, VolumeKind
+from volfs_fuse.idmap import IdMap
+from volfs_fuse.operations import VolfsOperations
+
+__all__ = ["serve", "main"]
+
+log = logging.getLogger("volfs.fuse")
+
+
+def _options(raw: dict[str, Any]) -> MountOptions:
+    def triples(items: list[list[int]]) -> tuple[tuple[int, int, int], ...]:
+        return tuple((int(a), int(b), int(c)) for a, b, c in items)
+
+    owner = raw.get("owner")
+    return MountOptions(
+        readonly=bool(raw.get("readonly")),
+        noexec=bool(raw.get("noexec")),
+        nosuid=bool(raw.get("nosuid")),
+        nodev=bool(raw.get("nodev")),
+        allow_other=bool(raw.get("allow_other")),
+        owner=(int(owner[0]), int(owner[1])) if owner else None,
+        uid_map=triples(raw.get("uid_map") or []),
+        gid_map=triples(raw.get("gid_map") or []),
+        log=raw.get("log"),
+    )
+
+
+def _fuse_options(name: str, opts: MountOptions) -> set[str]:
+    out = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    out |= {f"fsname=volfs:{name}", "subtype=volfs"}
+    for flag, option in ((opts.readonly, "ro"), (opts.noexec, "noexec"), (opts.nosuid, "nosuid"),
+                         (opts.nodev, "nodev"), (opts.allow_other, "allow_other")):  # fmt: skip
+        if flag:
+            out.add(option)
+    return out
+
+
+def _tell(ready_fd: int | None, failure: OSError | None = None) -> None:
+    """Tell the parent ``ready``, or ``error {json}`` with the failure's errno, message and path."""
+    if ready_fd is None:
+        if failure is not None:
+            print(f"volfs mount: {failure}", file=sys.stderr)
+        return
+    if failure is None:
+        line = "ready"
+    else:
+        detail = {"errno": failure.errno or errno.EIO, "message": failure.strerror or str(failure),
+                  "path": getattr(failure, "path", None) or failure.filename}  # fmt: skip
+        line = "error " + json.dumps(detail)
+    try:
+        os.write(ready_fd, (line + "\n").encode())
+    finally:
+        os.close(ready_fd)
+
+
+async def _serve_until_done() -> bool:
+    """Run the FUSE loop; True if a signal (not an unmount) ended it."""
+    signalled = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            nonlocal signalled
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    signalled = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+    return signalled
+
+
+def serve(args: dict[str, Any], ready_fd: int | None) -> int:
+    """Mount and serve one volume (see the module header); returns an exit status."""
+    home = Home(root=Path(args["home"]), volumes=Path(args["volumes"]))
+    name: str = args["name"]
+    mountpoint: str = args["mountpoint"]
+    opts = _options(args["options"])
+    try:
+        handle = Volume.get(name, home=home)
+        backend, lock = open_backend(handle, readonly=opts.readonly)
+    except VolfsError as exc:
+        _tell(ready_fd, exc)
+        return 1
+    ids = IdMap(default_owner(handle), owner=opts.owner, uid_map=opts.uid_map, gid_map=opts.gid_map)
+    ops = VolfsOperations(backend, ids, exclusive=handle.kind is VolumeKind.DISK)
+    try:
+        try:
+            pyfuse3.init(ops, mountpoint, _fuse_options(name, opts))
+        except Exception as exc:  # pyfuse3 raises RuntimeError with libfuse's reason
+            _tell(ready_fd, error(errno.EIO, f"cannot mount: {exc}", mountpoint))
+            return 1
+        record = MountRecord(name=name, mountpoint=mountpoint, pid=os.getpid(), readonly=opts.readonly,
+                             started=time.time(), options=args["options"])  # fmt: skip
+        unmount = True
+        try:
+            write_record(home, record)
+            _tell(ready_fd)
+            ready_fd = None
+            log.info("serving volume %s at %s", name, mountpoint)
+            unmount = trio.run(_serve_until_done)
+        finally:
+            pyfuse3.close(unmount=unmount)
+    finally:
+        try:
+            backend.close()
+        finally:
+            lock.release()
+            remove_record(home, name, os.getpid())
+            log.info("volume %s closed", name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m volfs_fuse.daemon ARGS_JSON READY_FD``."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s volfs-fuse[%(process)d] %(levelname)s %(message)s")
+    args = json.loads(argv[0])
+    ready_fd = int(argv[1]) if len(argv) > 1 else None
+    return serve(args, ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""pyfuse3 ``Operations`` mapped 1:1 onto the volfs backend protocol.
+
+Theory of operation
+-------------------
+The kernel talks in FUSE inode numbers, the backend in its own; they are the
+same numbers except that FUSE's root is always 1, so the backend's root and
+inode 1 swap places (:meth:`VolfsOperations._b` and ``_f``).
+
+Lookup counts: the backend counts references exactly as the kernel does
+(``lookup``, ``mkdir``, ``mknod``, ``symlink``, ``link``, ``create`` add one;
+``forget`` drops them), so this layer passes them through. The one place it
+adds references itself is ``readdir`` (pyfuse3 answers READDIRPLUS, which
+gives the kernel an entry per name): every entry is looked up in the backend
+(+1) and, if the kernel's buffer was full (``readdir_reply`` returned False),
+forgotten again at once.
+
+Errors are converted in exactly one place, :func:`_op`: an ``OSError`` (every
+``VolfsError`` is one) becomes ``FUSEError(errno)``; anything else is logged
+with its traceback and becomes EIO, because any other exception would end the
+pyfuse3 main loop and leave a dead mount.
+
+Backend calls are made directly from the trio thread: they are short local
+I/O, and the daemon serves one volume.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from volfs.backend import NAME_MAX, Attr, Backend, FileHandle, Ino, OpenFlags, RenameFlags, SetAttr
+from volfs_fuse.idmap import IdMap
+
+__all__ = ["VolfsOperations"]
+
+log = logging.getLogger("volfs.fuse")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _op(fn: F) -> F:
+    """Turn every exception of a handler into a FUSEError (see the module header)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s%r", fn.__name__, args[1:3])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class VolfsOperations(pyfuse3.Operations):
+    """The FUSE filesystem of one backend.
+
+    ``exclusive`` says whether this mount is the only writer of the storage
+    (a disk image held with an exclusive lock): then the kernel may cache
+    attributes, entries and file pages for long; otherwise (a directory
+    volume other processes may change) only briefly.
+    """
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, backend: Backend, ids: IdMap, *, exclusive: bool) -> None:
+        super().__init__()
+        self._backend = backend
+        self._ids = ids
+        self._exclusive = exclusive
+        self._timeout = 60.0 if exclusive else 1.0
+        self._dirs: dict[int, Ino] = {}
+        self._next_dir_handle = 1
+
+    # -- inode numbers and attributes ---------------------------------------
+
+    def _b(self, ino: int) -> Ino:
+        """FUSE inode -> backend inode."""
+        root = self._backend.root
+        if ino == pyfuse3.ROOT_INODE:
+            return root
+        return Ino(pyfuse3.ROOT_INODE) if ino == root else Ino(ino)
+
+    def _f(self, ino: Ino) -> int:
+        """Backend inode -> FUSE inode."""
+        root = self._backend.root
+        if ino == root:
+            return pyfuse3.ROOT_INODE
+        return int(root) if ino == pyfuse3.ROOT_INODE else int(ino)
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = self._f(attr.ino)
+        e.generation = attr.generation
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = self._ids.host_uid(attr.uid)
+        e.st_gid = self._ids.host_gid(attr.gid)
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = 4096
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        e.st_birthtime_ns = attr.crtime_ns if attr.crtime_ns is not None else 0
+        e.entry_timeout = self._timeout
+        e.attr_timeout = self._timeout
+        return e
+
+    def _owner(self, ctx: pyfuse3.RequestContext) -> tuple[int, int]:
+        return self._ids.guest_uid(ctx.uid), self._ids.guest_gid(ctx.gid)
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        # The FUSE kernel module does not enforce NAME_MAX (pitfalls doc).
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+    # -- names and attributes -----------------------------------------------
+
+    @_op
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(name)
+        return self._entry(self._backend.lookup(self._b(parent_inode), name))
+
+    @_op
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self._backend.forget(self._b(ino), count)
+
+    @_op
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self._backend.getattr(self._b(inode)))
+
+    @_op
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        # pyfuse3 has already turned UTIME_NOW into the current time.
+        changes = SetAttr(
+            mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+            uid=self._ids.guest_uid(attr.st_uid) if fields.update_uid else None,
+            gid=self._ids.guest_gid(attr.st_gid) if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        ino = self._b(inode)
+        if changes.is_empty():
+            return self._entry(self._backend.getattr(ino))
+        handle = FileHandle(fh) if fh is not None else None
+        return self._entry(self._backend.setattr(ino, changes, handle))
+
+    @_op
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self._backend.readlink(self._b(inode))
+
+    @_op
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        # Only reached without default_permissions: the usual owner/group/other rule.
+        a = self._entry(self._backend.getattr(self._b(inode)))
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or bool(a.st_mode & 0o111) or stat.S_ISDIR(a.st_mode)
+        if ctx.uid == a.st_uid:
+            bits = (a.st_mode >> 6) & 7
+        elif ctx.gid == a.st_gid or a.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = (a.st_mode >> 3) & 7
+        else:
+            bits = a.st_mode & 7
+        return (mode & bits) == mode
+
+    # -- directories --------------------------------------------------------
+
+    @_op
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        ino = self._b(inode)
+        if not self._backend.getattr(ino).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        handle = self._next_dir_handle
+        self._next_dir_handle += 1
+        self._dirs[handle] = ino
+        return handle
+
+    @_op
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        ino = self._dirs.get(fh)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        for entry in self._backend.readdir(ino, start_id):
+            try:
+                attr = self._backend.lookup(ino, entry.name)  # +1, kept only if the kernel takes it
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue  # removed since the listing began
+                raise
+            if not pyfuse3.readdir_reply(token, entry.name, self._entry(attr), entry.offset):
+                self._backend.forget(attr.ino, 1)
+                return
+
+    @_op
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_op
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self._backend.sync()
+
+    @_op
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_name(name)
+        uid, gid = self._owner(ctx)
+        perm = stat.S_IMODE(mode) & ~ctx.umask
+        return self._entry(self._backend.mkdir(self._b(parent_inode), name, perm, uid, gid))
+
+    @_op
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_name(name)
+        self._backend.rmdir(self._b(parent_inode), name)
+
+    # -- other names --------------------------------------------------------
+
+    @_op
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_name(name)
+        uid, gid = self._owner(ctx)
+        full = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
+        return self._entry(self._backend.mknod(self._b(parent_inode), name, full, rdev, uid, gid))
+
+    @_op
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_name(name)
+        uid, gid = self._owner(ctx)
+        return self._entry(self._backend.symlink(self._b(parent_inode), name, target, uid, gid))
+
+    @_op
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_name(new_name)
+        return self._entry(self._backend.link(self._b(inode), self._b(new_parent_inode), new_name))
+
+    @_op
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_name(name)
+        self._backend.unlink(self._b(parent_inode), name)
+
+    @_op
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._check_name(name_old)
+        self._check_name(name_new)
+        known = RenameFlags.NOREPLACE | RenameFlags.EXCHANGE
+        if flags & ~int(known):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self._backend.rename(
+            self._b(parent_inode_old), name_old, self._b(parent_inode_new), name_new, RenameFlags(flags)
+        )
+
+    # -- files --------------------------------------------------------------
+
+    def _file_info(self, fh: FileHandle) -> pyfuse3.FileInfo:
+        # The page cache may keep a file's pages across opens only when no
+        # one else can change the storage behind this mount.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self._exclusive)
+
+    @_op
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        return self._file_info(self._backend.open(self._b(inode), OpenFlags.from_os(flags)))
+
+    @_op
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_name(name)
+        uid, gid = self._owner(ctx)
+        perm = stat.S_IMODE(mode) & ~ctx.umask
+        fh, attr = self._backend.create(self._b(parent_inode), name, perm, OpenFlags.from_os(flags), uid, gid)
+        return self._file_info(fh), self._entry(attr)
+
+    @_op
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self._backend.read(FileHandle(fh), off, size)
+
+    @_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self._backend.write(FileHandle(fh), off, buf)
+
+    @_op
+    async def flush(self, fh: int) -> None:
+        return None  # writes go to the backend as they come; fsync makes them durable
+
+    @_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self._backend.fsync(FileHandle(fh), datasync)
+
+    @_op
+    async def release(self, fh: int) -> None:
+        self._backend.release(FileHandle(fh))
+
+    # -- extended attributes ------------------------------------------------
+
+    @_op
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self._backend.getxattr(self._b(inode), name)
+
+    @_op
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._backend.setxattr(self._b(inode), name, value)
+
+    @_op
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return self._backend.listxattr(self._b(inode))
+
+    @_op
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._backend.removexattr(self._b(inode), name)
+
+    # -- whole filesystem ---------------------------------------------------
+
+    @_op
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = self._backend.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.bsize
+        out.f_frsize = s.frsize
+        out.f_blocks = s.blocks
+        out.f_bfree = s.bfree
+        out.f_bavail = s.bavail
+        out.f_files = s.files
+        out.f_ffree = s.ffree
+        out.f_favail = s.favail
+        out.f_namemax = min(s.namemax, NAME_MAX)
+        return out

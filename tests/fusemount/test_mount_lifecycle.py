@@ -1,0 +1,210 @@
+"""volfs mount / unmount: readiness, state, locks, signals, stale mounts, the Python API."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fusemount.support import Mounter, teardown
+
+import volfs
+from volfs import mounts
+from volfs.errors import VolfsError, VolumeBusy
+from volfs.home import resolve_home
+from volfs.mounts import MountOptions, mounted_at, read_record, unmount
+from volfs.sync import Volume
+
+
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    """Wait until daemon ``pid`` has exited (and reap it: it is this process's child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not mounts._pid_alive(pid):
+            child = mounts._children.pop(pid, None)
+            if child is not None:
+                child.wait()
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} still alive")
+
+
+def test_mount_write_unmount(home: Path, dir_mount: tuple[Path, Path]) -> None:
+    mp, host = dir_mount
+    assert mounted_at(str(mp))
+    (mp / "hello.txt").write_text("through fuse")
+    assert (host / "hello.txt").read_text() == "through fuse"
+    h = Volume.get("dvol", home=home)
+    assert h.mountpoint == mp and any("mounted at" in r for r in h.in_use)
+    with pytest.raises(VolumeBusy, match="mounted at"):
+        Volume.remove("dvol", home=home)
+    rec = unmount(resolve_home(home), str(mp))
+    assert not mounted_at(str(mp))
+    wait_gone(rec.pid)
+    assert read_record(resolve_home(home), "dvol") is None
+    assert Volume.get("dvol", home=home).in_use == ()
+    Volume.remove("dvol", home=home)
+
+
+def test_unmount_by_name(home: Path, dir_mount: tuple[Path, Path]) -> None:
+    mp, _ = dir_mount
+    unmount(resolve_home(home), "dvol")
+    assert not mounted_at(str(mp))
+
+
+def test_second_mount_of_same_volume_fails(home: Path, dir_mount: tuple[Path, Path], mounter: Mounter) -> None:
+    with pytest.raises(VolumeBusy, match="already mounted"):
+        mounter("dvol")
+
+
+def test_mount_on_non_directory_or_busy_mountpoint(home: Path, dir_mount: tuple[Path, Path], tmp_path: Path) -> None:
+    Volume.create("other", home=home)
+    f = tmp_path / "file"
+    f.write_text("x")
+    from volfs.mounts import mount
+
+    with pytest.raises(VolfsError) as info:
+        mount(resolve_home(home), "other", f, MountOptions())
+    assert info.value.errno == errno.ENOTDIR
+    with pytest.raises(VolfsError) as info:
+        mount(resolve_home(home), "other", dir_mount[0], MountOptions())
+    assert info.value.errno == errno.EBUSY
+
+
+def test_mount_fails_when_volume_locked(home: Path, mounter: Mounter) -> None:
+    vol = Volume.create("locked", home=home)
+    fs_lock = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl,os,sys; fd=os.open({str(vol.path)!r}, os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert fs_lock.stdout is not None and fs_lock.stdout.readline().strip() == "locked"
+        with pytest.raises(VolumeBusy) as info:
+            mounter("locked")
+        assert info.value.errno == errno.EBUSY and "locked" in str(info.value)
+        assert Volume.get("locked", home=home).mountpoint is None
+    finally:
+        assert fs_lock.stdin is not None
+        fs_lock.stdin.close()
+        fs_lock.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(home: Path, dir_mount: tuple[Path, Path], sig: int) -> None:
+    mp, host = dir_mount
+    (mp / "f").write_text("data")
+    rec = read_record(resolve_home(home), "dvol")
+    assert rec is not None
+    os.kill(rec.pid, sig)
+    wait_gone(rec.pid)
+    assert not mounted_at(str(mp))
+    assert read_record(resolve_home(home), "dvol") is None
+    assert (host / "f").read_text() == "data"
+    Volume.remove("dvol", home=home)  # the lock was released
+
+
+def test_stale_mount_is_cleaned_by_unmount(home: Path, dir_mount: tuple[Path, Path]) -> None:
+    mp, _ = dir_mount
+    rec = read_record(resolve_home(home), "dvol")
+    assert rec is not None
+    os.kill(rec.pid, signal.SIGKILL)
+    wait_gone(rec.pid)
+    assert mounted_at(str(mp))  # the kernel mount outlives a killed daemon
+    with pytest.raises(OSError) as info:
+        os.listdir(mp)
+    assert info.value.errno == errno.ENOTCONN
+    unmount(resolve_home(home), "dvol")
+    assert not mounted_at(str(mp))
+    assert read_record(resolve_home(home), "dvol") is None
+    assert Volume.get("dvol", home=home).in_use == ()
+
+
+def test_python_api_blocking(home: Path, tmp_path: Path) -> None:
+    from testsupport import need
+
+    need(os.path.exists("/dev/fuse"), "/dev/fuse is not available")
+    Volume.create("api", home=home)
+    mp = tmp_path / "m"
+    mp.mkdir()
+    handle = Volume.get("api", home=home)
+    try:
+        with handle.mount(mp) as rec:
+            (mp / "a.txt").write_bytes(b"abc")
+            assert rec.mountpoint == str(mp)
+        assert not mounted_at(str(mp))
+        with handle.mount(mp, readonly=True):
+            assert (mp / "a.txt").read_bytes() == b"abc"
+            with pytest.raises(OSError) as info:
+                (mp / "b.txt").write_bytes(b"no")
+            assert info.value.errno == errno.EROFS
+        assert not mounted_at(str(mp))
+    finally:
+        teardown(home, "api", mp)
+
+
+@pytest.mark.trio
+async def test_python_api_async(home: Path, tmp_path: Path) -> None:
+    from testsupport import need
+
+    need(os.path.exists("/dev/fuse"), "/dev/fuse is not available")
+    await volfs.Volume.create("aapi", home=home)
+    mp = tmp_path / "m"
+    mp.mkdir()
+    handle = await volfs.Volume.get("aapi", home=home)
+    try:
+        async with handle.mount(mp):
+            (mp / "x").write_text("y")
+        assert not mounted_at(str(mp))
+        assert (handle.path / "x").read_text() == "y"
+    finally:
+        teardown(home, "aapi", mp)
+
+
+def volfs_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "volfs")
+    return subprocess.run([exe, "--home", str(home), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_mount_ls_unmount(home: Path, tmp_path: Path) -> None:
+    from testsupport import need
+
+    need(os.path.exists("/dev/fuse"), "/dev/fuse is not available")
+    mp = tmp_path / "cli-mnt"
+    mp.mkdir()
+    assert volfs_cli(home, "create", "c").returncode == 0
+    try:
+        r = volfs_cli(home, "mount", "c", str(mp), "--log", str(tmp_path / "daemon.log"))
+        assert r.returncode == 0, r.stderr
+        assert f"mounted at {mp}" in r.stdout
+        (mp / "file").write_text("cli")
+        listing = json.loads(volfs_cli(home, "ls", "--json").stdout)
+        assert listing[0]["mountpoint"] == str(mp)
+        assert f"mounted:{mp}" in volfs_cli(home, "ls").stdout
+        r = volfs_cli(home, "rm", "c")
+        assert r.returncode == 1 and "mounted" in r.stderr
+        r = volfs_cli(home, "unmount", str(mp))
+        assert r.returncode == 0, r.stderr
+        assert not mounted_at(str(mp))
+        r = volfs_cli(home, "unmount", "c")
+        assert r.returncode == 1 and "no volfs mount" in r.stderr
+        assert "serving volume c" in (tmp_path / "daemon.log").read_text()
+    finally:
+        teardown(home, "c", mp)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--owner", "1:2:3"], ["--uid-map", "0:1000"], ["--owner", "a:b"], ["--owner", "0:0", "--uid-map", "0:1000:1"]],
+)
+def test_cli_mount_bad_options(home: Path, tmp_path: Path, args: list[str]) -> None:
+    volfs_cli(home, "create", "c")
+    r = volfs_cli(home, "mount", "c", str(tmp_path), *args)
+    assert r.returncode == 1 and r.stderr.startswith("volfs: ")
+    assert not mounted_at(str(tmp_path))
