@@ -87,11 +87,12 @@ def _tail_at(data: bytes, end: int) -> bool:
 
 def parse_dir_block(data: bytes, *, ino: int, block: int | None, base: int, has_filetype: bool,
                     inodes_count: int, csum_seed: int | None, block_size: int, start: int = 0,
-                    end: int | None = None, salvage: bool = False) -> list[DirEntry]:
+                    end: int | None = None, salvage: bool = False, tail: bool = True) -> list[DirEntry]:
     """Live entries of one linear region ``data[start:end]`` (a block, or an inline area).
 
     ``base`` is the readdir position of ``data[0]``.  With ``csum_seed``
-    (the inode seed) the block's checksum tail is required and verified.
+    (the inode seed) the block's checksum tail is required and verified;
+    ``tail=False`` parses a region that has none (an htree root, inline data).
     """
     if end is None:
         end = len(data)
@@ -110,7 +111,7 @@ def parse_dir_block(data: bytes, *, ino: int, block: int | None, base: int, has_
             if stored != want and not salvage:
                 raise CorruptError("directory block", f"checksum 0x{stored:08x} != computed 0x{want:08x}",
                                    inode=ino, block=block)
-    elif _tail_at(data, end):
+    elif tail and _tail_at(data, end):
         end -= 12
     out: list[DirEntry] = []
     pos = start

@@ -475,7 +475,7 @@ class Filesystem:
         def parse(data: bytes, base: int, start: int) -> list[DirEntry]:
             return parse_dir_block(data, ino=rec.ino, block=None, base=base, start=start,
                                    has_filetype=sb.has_incompat(INCOMPAT_FILETYPE), inodes_count=sb.inodes_count,
-                                   csum_seed=None, block_size=sb.block_size)
+                                   csum_seed=None, block_size=sb.block_size, tail=False)
 
         out += parse(rec.i_block, 0, 4)
         value = self._inline_data(rec)[60:]
@@ -510,7 +510,8 @@ class Filesystem:
                         parse_dx_root(data, ino=rec.ino, block=pb, block_size=bs,
                                       large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=seed)
                     entries = parse_dir_block(data, ino=rec.ino, block=pb, base=0, has_filetype=True,
-                                              inodes_count=self.sb.inodes_count, csum_seed=None, block_size=bs)
+                                              inodes_count=self.sb.inodes_count, csum_seed=None, block_size=bs,
+                                              tail=False)
                 elif dx and is_dx_node_block(data, bs):
                     if seed is not None and not dx_node_csum_ok(data, 8, seed):
                         raise CorruptError("htree", "index block checksum mismatch", inode=rec.ino, block=pb)

@@ -160,6 +160,8 @@ class Replay:
     first_sequence: int = 0
     end_sequence: int = 0
     revoked: int = 0
+    wrapped: bool = False
+    escaped: int = 0
     skipped: list[str] = field(default_factory=list)
 
 
@@ -185,7 +187,10 @@ def replay_journal(jsb: JournalSuperblock, read: ReadJournalBlock, fs_blocks: in
     log_len = last - first
 
     def wrap(n: int) -> int:
-        return n - log_len if n >= last else n
+        if n >= last:
+            result.wrapped = True
+            return n - log_len
+        return n
 
     def tail_ok(data: bytes) -> bool:
         if not jsb.csum:
@@ -304,6 +309,7 @@ def replay_journal(jsb: JournalSuperblock, read: ReadJournalBlock, fs_blocks: in
                     result.skipped.append(f"block {blocknr} of transaction {s}: bad tag checksum, not replayed")
                     continue
             if flags & FLAG_ESCAPE:
+                result.escaped += 1
                 jdata = struct.pack(">I", JBD2_MAGIC) + jdata[4:]
             result.overlay[blocknr] = jdata
     result.transactions = len(txns) if txns else ((end - jsb.sequence) & 0xFFFFFFFF)
