@@ -42,6 +42,8 @@ __all__ = ["VolfsOperations"]
 
 log = logging.getLogger("volfs.fuse")
 
+_DOT_ENTRIES = 2  # "." and ".." take FUSE readdir offsets 1 and 2
+
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -204,14 +206,23 @@ class VolfsOperations(pyfuse3.Operations):
         ino = self._dirs.get(fh)
         if ino is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        for entry in self._backend.readdir(ino, start_id):
+        # "." and ".." come first, at FUSE offsets 1 and 2 (as the kernel's ext4
+        # lists them); backend cookies are shifted past them. The protocol has
+        # no parent lookup, so ".." carries the directory's own attributes
+        # (the kernel creates no dentry from either, so only `ls -ai` shows it).
+        if start_id < _DOT_ENTRIES:
+            here = self._entry(self._backend.getattr(ino))
+            for offset, name in ((1, b"."), (2, b"..")):
+                if start_id < offset and not pyfuse3.readdir_reply(token, name, here, offset):
+                    return
+        for entry in self._backend.readdir(ino, max(start_id - _DOT_ENTRIES, 0)):
             try:
                 attr = self._backend.lookup(ino, entry.name)  # +1, kept only if the kernel takes it
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     continue  # removed since the listing began
                 raise
-            if not pyfuse3.readdir_reply(token, entry.name, self._entry(attr), entry.offset):
+            if not pyfuse3.readdir_reply(token, entry.name, self._entry(attr), entry.offset + _DOT_ENTRIES):
                 self._backend.forget(attr.ino, 1)
                 return
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,18 @@ def mounter(home: Path, tmp_path: Path) -> Iterator[Mounter]:
         mp = mountpoint or tmp_path / f"mnt-{name}-{len(made)}"
         mp.mkdir(exist_ok=True)
         made.append((name, mp))
-        return mount(resolve_home(home), name, mp, options or MountOptions())
+        opts = options or MountOptions()
+        if opts.log is None:
+            opts = replace(opts, log=str(tmp_path / f"daemon-{name}.log"))
+        return mount(resolve_home(home), name, mp, opts)
 
     yield do
     for name, mp in reversed(made):
         teardown(home, name, mp)
+    # An internal error in the daemon is a bug even when the test passed.
+    for log in sorted(tmp_path.glob("daemon-*.log")):
+        text = log.read_text()
+        assert "Traceback" not in text and " ERROR " not in text, f"{log.name}:\n{text}"
 
 
 @pytest.fixture
