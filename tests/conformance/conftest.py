@@ -11,15 +11,22 @@ every mutation; read tests run against the same populated tree.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from fusemount.support import fuse_available, teardown
+from testsupport import need
+
 from volfs.backend import Backend
 from volfs.backends.directory import DirectoryBackend
 from volfs.fs import VolumeFsHandle
+from volfs.home import resolve_home
+from volfs.mounts import MountOptions, mount
 from volfs.pathfs import PathFs
+from volfs.sync import Volume
 
 from conformance.support import populate
 
@@ -41,9 +48,42 @@ def _dir_ro(tree: Path, work: Path) -> Backend:
     return DirectoryBackend(tree, readonly=True)
 
 
+class _MountedBackend(DirectoryBackend):
+    """A directory backend over a live volfs FUSE mount; closing it unmounts."""
+
+    def __init__(self, mountpoint: Path, home: Path, name: str, *, readonly: bool) -> None:
+        super().__init__(mountpoint, readonly=readonly)
+        self._home, self._name, self._mountpoint = home, name, mountpoint
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            teardown(self._home, self._name, self._mountpoint)
+
+
+def _fuse(readonly: bool) -> Callable[[Path, Path], Backend]:
+    """The tree becomes a directory volume served by the volfs daemon; the suite runs on the mount."""
+
+    def make(tree: Path, work: Path) -> Backend:
+        need(fuse_available(), "/dev/fuse is not available")
+        home = work / "fuse-home"
+        vol = Volume.create("conformance", home=home)
+        for entry in os.listdir(tree):  # rename keeps hard links, FIFOs and xattrs as they are
+            os.rename(tree / entry, vol.path / entry)
+        mp = work / "fuse-mnt"
+        mp.mkdir()
+        mount(resolve_home(home), "conformance", mp, MountOptions(readonly=readonly, log=str(work / "daemon.log")))
+        return _MountedBackend(mp, home, "conformance", readonly=readonly)
+
+    return make
+
+
 FACTORIES: list[Factory] = [
     Factory("directory", False, _dir_rw),
     Factory("directory-ro", True, _dir_ro),
+    Factory("fuse-directory", False, _fuse(False)),
+    Factory("fuse-directory-ro", True, _fuse(True)),
     # Factory("ext4", False, _ext4_rw),  <- the ext4 backend joins with one line like these
 ]
 
