@@ -70,7 +70,7 @@ class Ext4Backend:
     # -- helpers ---------------------------------------------------------------
 
     def _known(self, ino: Ino) -> None:
-        if ino != ROOT_INO and ino not in self._lookups and ino not in self._handles.values():
+        if int(ino) != int(ROOT_INO) and ino not in self._lookups and ino not in self._handles.values():
             raise error(errno.ESTALE, f"unknown inode {ino}")
 
     @staticmethod
