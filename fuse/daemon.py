@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,8 @@ def serve(args: dict[str, Any], ready_fd: int | None) -> int:
     except VolfsError as exc:
         _tell(ready_fd, exc)
         return 1
+    if backend.readonly:
+        opts = replace(opts, readonly=True)  # the kernel then refuses writes itself and shows "ro"
     ids = IdMap(default_owner(handle), owner=opts.owner, uid_map=opts.uid_map, gid_map=opts.gid_map)
     ops = VolfsOperations(backend, ids, exclusive=handle.kind is VolumeKind.DISK)
     try:

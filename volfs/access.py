@@ -9,11 +9,10 @@ exclusive for writing or shared for reading, as microsandbox attaches images.
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import TYPE_CHECKING
 
-from volfs.errors import error
+from volfs.home import DISK_IMAGE_NAME
 from volfs.locks import AccessLock
 
 if TYPE_CHECKING:
@@ -32,23 +31,36 @@ def default_owner(handle: VolumeHandle) -> tuple[int, int]:
 
 
 def open_backend(handle: VolumeHandle, *, readonly: bool) -> tuple[Backend, AccessLock]:
-    """The backend of ``handle``'s volume and the access lock it holds (release it after close)."""
+    """The backend of ``handle``'s volume and the access lock it holds (release it after close).
+
+    A disk volume is read through the ext4 engine, which is read-only until
+    its write side lands: the handle is read-only whatever was asked (every
+    mutation raises EROFS) and takes the shared lock, which coexists with a
+    sandbox's read-only attach and excludes a writer.
+    """
     from volfs.volume import VolumeKind
 
+    backend: Backend
     if handle.kind is VolumeKind.DISK:
-        raise error(
-            errno.EOPNOTSUPP,
-            "disk volumes are not readable yet: the ext4 backend is not wired in this version",
-            handle.name,
-        )
+        from volfs.backends.ext4 import Ext4Backend
+
+        image = handle.path / DISK_IMAGE_NAME
+        lock = AccessLock(image, handle.name, exclusive=False)
+        try:
+            backend = Ext4Backend(image)
+        except BaseException:
+            lock.release()
+            raise
+        return backend, lock
     from volfs.backends.directory import DirectoryBackend
 
     lock = AccessLock(handle.path, handle.name, exclusive=False)
     try:
-        return DirectoryBackend(handle.path, readonly=readonly), lock
+        backend = DirectoryBackend(handle.path, readonly=readonly)
     except BaseException:
         lock.release()
         raise
+    return backend, lock
 
 
 def open_volume_fs(handle: VolumeHandle, *, readonly: bool, owner: tuple[int, int] | None) -> PathFs:

@@ -53,13 +53,17 @@ async def _files(home: Path) -> None:
     """Files written and read through each volume's handle."""
     for name in ("demo-cache", "demo-disk"):
         handle = await volfs.Volume.get(name, home=home)
+        fs = handle.fs
+        _say(f"\n{name}: files through the handle ({'read-only' if fs.blocking.readonly else 'read-write'})")
         try:
-            fs = handle.fs
+            await fs.write("/notes/hello.txt", b"hello from the host\n")
         except VolfsError as exc:
-            _say(f"\n{name}: file access not available yet: {exc}")
+            # The ext4 engine reads disk volumes today; its write side is the next step.
+            _say(f"  write refused: {exc}")
+            for entry in await fs.list("/"):
+                _say(f"  list / -> {entry.path} ({entry.kind}, mode {oct(entry.mode)})")
+            await fs.aclose()
             continue
-        _say(f"\n{name}: files through the handle")
-        await fs.write("/notes/hello.txt", b"hello from the host\n")
         await fs.mkdir("/src/pkg")
         await fs.write("/src/pkg/__init__.py", b"VERSION = '1.0'\n")
         _say(f"  read /notes/hello.txt -> {await fs.read('/notes/hello.txt')!r}")

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from fusemount.support import fuse_available, teardown
-from testsupport import need
+from testsupport import need, need_tool
 
 from volfs.backend import Backend
 from volfs.backends.directory import DirectoryBackend
+from volfs.backends.ext4 import Ext4Backend
 from volfs.fs import VolumeFsHandle
 from volfs.home import resolve_home
 from volfs.mounts import MountOptions, mount
@@ -46,6 +48,18 @@ def _dir_rw(tree: Path, work: Path) -> Backend:
 
 def _dir_ro(tree: Path, work: Path) -> Backend:
     return DirectoryBackend(tree, readonly=True)
+
+
+def _ext4_ro(tree: Path, work: Path) -> Backend:
+    """The tree as an ext4 image built by mkfs.ext4 -d, read by volfs's engine."""
+    image = work / "ext4.img"
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}
+    subprocess.run([need_tool("mkfs.ext4"), "-q", "-F", "-d", str(tree), str(image), "64M"], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    # mkfs adds lost+found, which the standard tree does not have.
+    subprocess.run([need_tool("debugfs"), "-w", "-R", "rmdir lost+found", str(image)], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    return Ext4Backend(image)
 
 
 class _MountedBackend(DirectoryBackend):
@@ -84,7 +98,7 @@ FACTORIES: list[Factory] = [
     Factory("directory-ro", True, _dir_ro),
     Factory("fuse-directory", False, _fuse(False)),
     Factory("fuse-directory-ro", True, _fuse(True)),
-    # Factory("ext4", False, _ext4_rw),  <- the ext4 backend joins with one line like these
+    Factory("ext4-ro", True, _ext4_ro),
 ]
 
 

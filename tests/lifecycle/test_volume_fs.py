@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,23 @@ def test_read_only_handle(home: Path) -> None:
     fs.close()
 
 
-def test_disk_volume_fs_is_a_clear_error_for_now(home: Path) -> None:
-    Volume.create("img", home=home, kind="disk", size_mib=64)
+def test_disk_volume_fs_reads_the_image_read_only_for_now(home: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "motd").write_text("hello from the guest\n")
+    vol = Volume.create("img", home=home, kind="disk", size_mib=64)
+    # Fill the image as a guest would have (mkfs.ext4 -d rewrites it with content).
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(vol.disk_path)], check=True)
+    fs = Volume.get("img", home=home).fs
+    assert fs.read_text("/etc/motd") == "hello from the guest\n"
+    assert sorted(e.path for e in fs.list("/")) == ["/etc", "/lost+found"]
     with pytest.raises(VolfsError) as info:
-        Volume.get("img", home=home).fs
-    assert info.value.errno == errno.EOPNOTSUPP and "disk volumes are not readable yet" in str(info.value)
-    assert Volume.get("img", home=home).in_use == ()  # nothing was left locked
+        fs.write("/etc/new", b"x")
+    assert info.value.errno == errno.EROFS  # writes arrive with the ext4 write side
+    with pytest.raises(VolumeBusy):
+        Volume.remove("img", home=home)  # the open handle holds the image's lock
+    fs.close()
+    assert Volume.get("img", home=home).in_use == ()
     Volume.remove("img", home=home)
 
 

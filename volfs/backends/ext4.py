@@ -49,11 +49,18 @@ class Ext4Backend:
     """
 
     def __init__(self, image: str | os.PathLike[str], *, salvage: bool = False) -> None:
-        self._fs = Filesystem.open(image, salvage=salvage)
+        self._engine: Filesystem | None = Filesystem.open(image, salvage=salvage)
         self._lock = threading.RLock()
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, int] = {}
         self._next_fh = 1
+
+    @property
+    def _fs(self) -> Filesystem:
+        """The engine; EBADF once the backend is closed (the protocol's rule)."""
+        if self._engine is None:
+            raise error(errno.EBADF, "the backend is closed")
+        return self._engine
 
     @property
     def filesystem(self) -> Filesystem:
@@ -226,4 +233,8 @@ class Ext4Backend:
 
     def close(self) -> None:
         with self._lock:
-            self._fs.close()
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+            self._lookups.clear()
+            self._handles.clear()
