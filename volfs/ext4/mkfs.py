@@ -284,8 +284,11 @@ def _extent_root(extents: list[tuple[int, int, int]], leaf: int | None) -> bytes
     if leaf is None:
         body = _extent_header(len(extents), 4, 0) + _pack_extents(extents)
     else:
+        # libext2fs splits a full root by moving its entries to the leaf and writing one index over
+        # the first slot; the stale copies of entries 1-3 stay behind it (unused: eh_entries is 1).
         body = _extent_header(1, 4, 1) + EXTENT_IDX.pack(
             {"ei_block": 0, "ei_leaf_lo": leaf & 0xFFFFFFFF, "ei_leaf_hi": leaf >> 32, "ei_unused": 0})
+        body += _pack_extents(extents[1:4])
     return body.ljust(60, b"\0")
 
 
@@ -341,6 +344,8 @@ class _InodeSpec:
 
 
 def _encode_inode(spec: _InodeSpec, ino: int, inode_size: int, seed: int) -> bytes:
+    if inode_size == 128:
+        spec.extra_isize = 0
     a, a_x = _time_fields(spec.atime)
     c, c_x = _time_fields(spec.ctime)
     m, m_x = _time_fields(spec.mtime)
