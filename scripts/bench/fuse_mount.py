@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Benchmark: a volfs FUSE mount against the kernel loop mount and fuse2fs, side by side.
+
+Run as root from the repository root (loop mounts)::
+
+    .venv/bin/python scripts/bench/fuse_mount.py [--size-mib 1024] [--files 10000]
+
+Needs fuse2fs (``apt-get install fuse2fs``). All three mount copies of the
+same ext4 image (built with ``mkfs.ext4 -d``), so they read identical data.
+Workloads: sequential write and read of one large file, creating, stat'ing
+and reading many small files, and a ``tar`` extract of a source tree. Caches
+are dropped before each read workload. A workload a mount cannot run (volfs's
+ext4 write side is not done yet) is reported as n/a, never guessed.
+
+Prints seconds per workload and the ratio to fuse2fs (volfs / fuse2fs: lower
+is better; the issue's target is at most 1.0) and to the kernel (the limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def build_image(work: Path, size_mib: int, files: int) -> Path:
+    tree = work / "tree"
+    (tree / "small").mkdir(parents=True)
+    for i in range(files):
+        (tree / "small" / f"f{i:06d}").write_bytes(b"x" * 512)
+    with open(tree / "big.bin", "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(size_mib):
+            f.write(chunk)
+    image = work / "base.img"
+    total = size_mib * 2 + files // 64 + 256
+    sh("mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{total}M")
+    shutil.rmtree(tree)
+    return image
+
+
+def source_tarball(work: Path) -> Path:
+    """A tar of this repository's Python sources (a few hundred small files)."""
+    out = work / "src.tar"
+    root = Path(__file__).resolve().parents[2]
+    with tarfile.open(out, "w") as tar:
+        for sub in ("volfs", "fuse", "tests"):
+            tar.add(root / sub, arcname=sub, filter=lambda ti: None if "__pycache__" in ti.name else ti)
+    return out
+
+
+@contextmanager
+def kernel_mount(image: Path, mnt: Path) -> Iterator[Path]:
+    sh("mount", "-o", "loop", str(image), str(mnt))
+    try:
+        yield mnt
+    finally:
+        sh("umount", str(mnt))
+
+
+@contextmanager
+def fuse2fs_mount(image: Path, mnt: Path) -> Iterator[Path]:
+    sh("fuse2fs", "-o", "fakeroot", str(image), str(mnt))
+    try:
+        yield mnt
+    finally:
+        sh("fusermount3", "-u", str(mnt))
+        time.sleep(1)  # fuse2fs may still be flushing after fusermount returns
+
+
+@contextmanager
+def volfs_mount(image: Path, mnt: Path) -> Iterator[Path]:
+    from volfs.home import resolve_home
+    from volfs.mounts import MountOptions, mount, unmount
+    from volfs.sync import Volume
+
+    home = image.parent / "volfs-home"
+    if home.exists():
+        shutil.rmtree(home)
+    vol = Volume.create("bench", home=home, kind="disk", size_mib=64)
+    os.replace(image, vol.disk_path)
+    try:
+        mount(resolve_home(home), "bench", mnt, MountOptions())
+        try:
+            yield mnt
+        finally:
+            unmount(resolve_home(home), "bench")
+    finally:
+        os.replace(vol.disk_path, image)
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def workloads(mnt: Path, size_mib: int, files: int, tarball: Path) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+
+    def seq_read() -> None:
+        with open(mnt / "big.bin", "rb", buffering=0) as f:
+            while f.read(1 << 20):
+                pass
+
+    def stat_walk() -> None:
+        for name in os.listdir(mnt / "small"):
+            os.lstat(mnt / "small" / name)
+
+    def small_read() -> None:
+        for name in os.listdir(mnt / "small"):
+            with open(mnt / "small" / name, "rb") as f:
+                f.read()
+
+    def seq_write() -> None:
+        with open(mnt / "written.bin", "wb", buffering=0) as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(size_mib):
+                f.write(chunk)
+            os.fsync(f.fileno())
+
+    def small_create() -> None:
+        d = mnt / "created"
+        d.mkdir()
+        for i in range(files):
+            with open(d / f"n{i:06d}", "wb") as f:
+                f.write(b"y" * 512)
+
+    def tar_extract() -> None:
+        d = mnt / "extract"
+        d.mkdir()
+        sh("tar", "-C", str(d), "-xf", str(tarball))
+
+    for name, fn, drop in (("sequential read", seq_read, True), ("stat walk", stat_walk, True),
+                           ("small-file read", small_read, True), ("sequential write", seq_write, False),
+                           ("small-file create", small_create, False), ("tar extract", tar_extract, False)):  # fmt: skip
+        if drop:
+            drop_caches()
+        try:
+            out[name] = timed(fn)
+        except OSError as exc:
+            out[name] = None
+            print(f"  {name}: n/a ({exc.strerror})", file=sys.stderr)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=10000)
+    args = parser.parse_args()
+    if os.geteuid() != 0 or shutil.which("fuse2fs") is None:
+        print("needs root and fuse2fs (apt-get install fuse2fs)", file=sys.stderr)
+        return 2
+    results: dict[str, dict[str, float | None]] = {}
+    with tempfile.TemporaryDirectory(prefix="volfs-bench-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        print(f"building a {args.size_mib} MiB file and {args.files} small files...", file=sys.stderr)
+        base = build_image(work, args.size_mib, args.files)
+        tarball = source_tarball(work)
+        for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
+            image = work / f"{label}.img"
+            sh("cp", "--sparse=always", str(base), str(image))
+            mnt = work / f"mnt-{label}"
+            mnt.mkdir()
+            print(f"{label}...", file=sys.stderr)
+            with mounter(image, mnt) as m:
+                results[label] = workloads(m, args.size_mib, args.files, tarball)
+    names = list(results["kernel"])
+    print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}")
+    for n in names:
+        k, f, v = results["kernel"][n], results["fuse2fs"][n], results["volfs"][n]
+
+        def fmt(x: float | None) -> str:
+            return f"{x:.3f}" if x is not None else "n/a"
+
+        r1 = f"{v / f:.2f}" if v is not None and f else "n/a"
+        r2 = f"{v / k:.2f}" if v is not None and k else "n/a"
+        print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{r1:>15}{r2:>14}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
