@@ -24,7 +24,7 @@ def test_default_features_are_debian12_mkfs_ext4() -> None:
         "has_journal", "ext_attr", "resize_inode", "dir_index", "filetype", "extent", "64bit", "flex_bg",
         "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize", "metadata_csum",
     }
-    assert "metadata_csum_seed" in SUPPORTED_FEATURES
+    assert SUPPORTED_FEATURES == DEFAULT_FEATURES | {"metadata_csum_seed", "orphan_file"}
 
 
 def test_mkfs_modules_import_only_the_engine_rules() -> None:
@@ -75,6 +75,7 @@ def test_overwrite_discards_old_contents(tmp_path: Path) -> None:
     ({"uuid": "not-a-uuid"}, errno.EINVAL),
     ({"root_owner": (-1, 0)}, errno.EINVAL),
     ({"journal_blocks": 100}, errno.EINVAL),
+    ({"journal": False, "features": DEFAULT_FEATURES | {"orphan_file"}}, errno.EINVAL),
 ])
 def test_bad_options(kwargs: dict[str, object], code: int, tmp_path: Path) -> None:
     image = tmp_path / "disk.raw"

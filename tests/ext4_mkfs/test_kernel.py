@@ -19,6 +19,7 @@ VARIANTS: dict[str, tuple[int, int, dict[str, object]]] = {
     "64M-b1024": (64 * MiB, 1024, {}),
     "256M-b2048-no-journal": (256 * MiB, 2048, {"journal": False}),
     "300M-no-lost+found-seed": (300 * MiB, 4096, {"lost_found": False, "features": D | {"metadata_csum_seed"}}),
+    "2G-orphan_file": (2 * GiB, 4096, {"features": D | {"orphan_file"}}),
 }
 
 
@@ -44,6 +45,11 @@ def test_kernel_mounts_writes_and_fsck_stays_clean(variant: str, tmp_path: Path)
             f.flush()
             os.fsync(f.fileno())
         os.symlink("dir/f1", mnt / "link")
+        with open(mnt / "doomed", "wb") as f:  # an orphan while open (orphan list or orphan file)
+            os.unlink(mnt / "doomed")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
         subprocess.run(["sync"], check=True)
     e2fsck_clean(image)
     listing = debugfs(image, "ls -l /")

@@ -44,6 +44,9 @@ CASES: dict[str, tuple[int, int, tuple[str, ...], dict[str, object]]] = {
     "1G-no-resize_inode": (GiB, 4096, ("-O", "^resize_inode"), {"features": D - {"resize_inode"}}),
     "1G-inode128-ratio-reserve": (GiB, 4096, ("-I", "128", "-i", "65536", "-m", "1"),
                                   {"inode_size": 128, "inode_ratio": 65536, "reserved_ratio": 1.0}),
+    "64M-b1024-orphan_file": (64 * MiB, 1024, ("-O", "orphan_file"), {"features": D | {"orphan_file"}}),
+    "20G-orphan_file-seed": (20 * GiB, 4096, ("-O", "orphan_file,metadata_csum_seed"),
+                             {"features": D | {"orphan_file", "metadata_csum_seed"}}),
     "64M-journal-2048": (64 * MiB, 4096, ("-J", "size=8"), {"journal_blocks": 2048}),
 }
 

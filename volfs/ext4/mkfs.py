@@ -67,6 +67,7 @@ from volfs.ext4.extents import EXT4_EXT_MAGIC, EXTENT, EXTENT_HEADER, EXTENT_IDX
 from volfs.ext4.group import BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED, GROUP_DESC64, group_desc_checksum
 from volfs.ext4.inode import EXT4_EXTENTS_FL, INODE, inode_checksum
 from volfs.ext4.journal import JBD2_MAGIC, JOURNAL_SUPERBLOCK
+from volfs.ext4.orphan import ORPHAN_BLOCK_MAGIC, orphan_block_checksum
 from volfs.ext4.superblock import (
     COMPAT,
     EXT4_MAGIC,
@@ -87,7 +88,7 @@ DEFAULT_FEATURES: Final = frozenset({
     "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize", "metadata_csum",
 })
 #: Features volfs mkfs can make; the first three and large_file are required.
-SUPPORTED_FEATURES: Final = DEFAULT_FEATURES | {"metadata_csum_seed"}
+SUPPORTED_FEATURES: Final = DEFAULT_FEATURES | {"metadata_csum_seed", "orphan_file"}
 _REQUIRED: Final = frozenset({"filetype", "extent", "metadata_csum", "large_file"})
 
 _ROOT_INO: Final = InodeNo(2)
@@ -430,8 +431,10 @@ def mkfs(path: str | os.PathLike[str], size: int, *, block_size: int = 4096, ino
         reserved_ratio=reserved_ratio, flex_bg_size=flex_bg_size if "flex_bg" in feats else 0,
         is_64bit="64bit" in feats, resize_inode="resize_inode" in feats, sparse_super="sparse_super" in feats,
         journal="has_journal" in feats, journal_blocks=journal_blocks, path=p)
+    if "orphan_file" in feats and "has_journal" not in feats:
+        raise error(errno.EINVAL, "orphan_file needs a journal", p)
     if "has_journal" in feats and geo.journal_blocks == 0:
-        feats -= {"has_journal"}  # mke2fs: "Filesystem too small for a journal"
+        feats -= {"has_journal", "orphan_file"}  # mke2fs: "Filesystem too small for a journal"
     if geo.reserved_gdt_blocks == 0:
         feats -= {"resize_inode"}
     plan = _Plan(geo, feats, p)
@@ -479,6 +482,8 @@ class _Plan:
         self.journal_leaf: int | None = None
         self.journal_len = geo.journal_blocks if "has_journal" in feats else 0
         self.overhead += self.journal_len
+        self.orphan_ino = 0
+        self.orphan_blocks: list[int] = []
 
     def _alloc(self, goal: int) -> int:
         b = self.used.new_block(goal)
@@ -516,6 +521,15 @@ class _Plan:
             self.resize_dind = self._alloc(goal)
         if self.journal_len:
             self._place_journal()
+        if "orphan_file" in self.feats:
+            # ext2fs_create_orphan_file: the first free inode after the reserved ones, blocks first-fit
+            # from the start of the filesystem; 32 to 512 blocks (1/4096 of the filesystem in between).
+            self.orphan_ino = _FIRST_INO + (1 if lost_found else 0)
+            n = 32 if geo.blocks_count < 128 * 1024 else min(512, geo.blocks_count // 4096)
+            blk = 0
+            for _ in range(n):
+                blk = self._alloc(blk)
+                self.orphan_blocks.append(blk)
 
     def _group_free(self, group: int) -> int:
         geo = self.geo
@@ -630,7 +644,7 @@ class _Image:
             "s_want_extra_isize": _EXTRA_ISIZE if geo.inode_size >= 160 else 0,
             "s_flags": _S_FLAGS_SIGNED_HASH, "s_log_groups_per_flex": geo.log_groups_per_flex,
             "s_checksum_type": _CRC32C, "s_kbytes_written": kbytes, "s_overhead_clusters": plan.overhead,
-            "s_checksum_seed": self.seed if self.csum_seed else 0,
+            "s_checksum_seed": self.seed if self.csum_seed else 0, "s_orphan_file_inum": plan.orphan_ino,
             "s_wtime_hi": now_hi, "s_mkfs_time_hi": now_hi, "s_lastcheck_hi": now_hi,
         })
         raw = bytearray(SUPERBLOCK.pack(vals))
@@ -676,6 +690,12 @@ class _Image:
                              blocks_512=nblocks * sectors, i_block=struct.pack("<15I", *words),
                              atime=now, ctime=now, mtime=now, crtime=now)
             out[_RESIZE_INO] = _encode_inode(rsz, _RESIZE_INO, geo.inode_size, self.seed)
+        if plan.orphan_ino:
+            n = len(plan.orphan_blocks)
+            orphan = _InodeSpec(mode=stat.S_IFREG | 0o600, size=n * bs, links=1, blocks_512=n * sectors,
+                                flags=EXT4_EXTENTS_FL, i_block=_extent_root(_extents_of(plan.orphan_blocks), None),
+                                atime=now, ctime=now, mtime=now, crtime=now)
+            out[plan.orphan_ino] = _encode_inode(orphan, plan.orphan_ino, geo.inode_size, self.seed)
         if plan.journal_len:
             nblocks = plan.journal_len + (1 if plan.journal_leaf is not None else 0)
             jnl = _InodeSpec(mode=stat.S_IFREG | 0o600, size=plan.journal_len * bs, links=1,
@@ -721,6 +741,12 @@ class _Image:
             if plan.journal_leaf is not None:
                 out[plan.journal_leaf] = _extent_leaf(plan.journal_extents, bs,
                                                       inode_seed(self.seed, _JOURNAL_INO, 0))
+        for blk in plan.orphan_blocks:
+            block = bytearray(bs)
+            struct.pack_into("<I", block, bs - 8, ORPHAN_BLOCK_MAGIC)
+            struct.pack_into("<I", block, bs - 4,
+                             orphan_block_checksum(self.seed, plan.orphan_ino, 0, blk, bytes(block)))
+            out[blk] = bytes(block)
         return out
 
     def encode(self) -> dict[int, bytes]:
@@ -736,6 +762,8 @@ class _Image:
 
         inodes = self._inodes()
         used_inodes = set(range(1, _FIRST_INO)) | ({int(_LPF_INO)} if self.lost_found else set())
+        if plan.orphan_ino:
+            used_inodes.add(plan.orphan_ino)
         dirs = {int(_ROOT_INO)} | ({int(_LPF_INO)} if self.lost_found else set())
 
         descs: list[dict[str, int]] = []
