@@ -59,6 +59,8 @@ def test_exclusive_holder_blocks_remove_and_rw_access(home: Path) -> None:
             AccessLock(vol.disk_path, "img", exclusive=True)
         with pytest.raises(VolumeBusy, match="in use for writing"):
             AccessLock(vol.disk_path, "img", exclusive=False)
+        with pytest.raises(VolumeBusy, match="img"):
+            Volume.get("img", home=home).fs  # no access at all while a sandbox writes the image
     finally:
         holder.stop()
     assert vol.disk_path.is_file()
