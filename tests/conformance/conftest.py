@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fusemount.support import fuse_available, teardown
-from testsupport import need, need_tool
+from testsupport import e2fsck_clean, need, need_tool
 
 from volfs.backend import Backend
 from volfs.backends.directory import DirectoryBackend
@@ -62,6 +62,33 @@ def _ext4_ro(tree: Path, work: Path) -> Backend:
     return Ext4Backend(image)
 
 
+class _CheckedExt4(Ext4Backend):
+    """A writable ext4 backend whose close demands an e2fsck-clean image."""
+
+    def __init__(self, image: Path) -> None:
+        super().__init__(image, readonly=False)
+        assert not self.readonly, self.readonly_reason
+        self._image = image
+        self._checked = False
+
+    def close(self) -> None:
+        super().close()
+        if not self._checked:
+            self._checked = True
+            e2fsck_clean(self._image)
+
+
+def _ext4_rw(tree: Path, work: Path) -> Backend:
+    """The tree as an ext4 image built by mkfs.ext4 -d, written by volfs; e2fsck -fn clean on close."""
+    image = work / "ext4-rw.img"
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}
+    subprocess.run([need_tool("mkfs.ext4"), "-q", "-F", "-d", str(tree), str(image), "64M"], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    subprocess.run([need_tool("debugfs"), "-w", "-R", "rmdir lost+found", str(image)], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    return _CheckedExt4(image)
+
+
 class _MountedBackend(DirectoryBackend):
     """A directory backend over a live volfs FUSE mount; closing it unmounts."""
 
@@ -99,6 +126,7 @@ FACTORIES: list[Factory] = [
     Factory("fuse-directory", False, _fuse(False)),
     Factory("fuse-directory-ro", True, _fuse(True)),
     Factory("ext4-ro", True, _ext4_ro),
+    Factory("ext4", False, _ext4_rw),
 ]
 
 

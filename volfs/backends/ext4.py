@@ -1,10 +1,15 @@
-"""Ext4Backend: the backend protocol over the pure-Python ext4 engine (read-only for now).
+"""Ext4Backend: the backend protocol over the pure-Python ext4 engine.
 
 The engine (:mod:`volfs.ext4`) does the format work; this adapter adds what
 the protocol asks of every backend: name checks, lookup counting and ESTALE
-for unknown inodes, file handles, thread safety (one lock around the engine,
-whose caches are not thread-safe), and EROFS for every mutation until the
-write side lands (issue 5).  Readdir never yields "." or "..".
+for unknown inodes, file handles (an open handle pins its inode, so an
+unlinked open file lives until its last release), thread safety (one lock
+around the engine, whose caches are not thread-safe), and EROFS for every
+mutation when read-only.  Readdir never yields "." or "..".
+
+``Ext4Backend(image, readonly=False)`` writes; an image with features the
+write side does not implement opens read-only instead, and every mutation
+then raises EROFS naming them.  ``fsync``, ``sync`` and ``close`` commit.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import errno
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 
 from volfs.backend import (
+    NOW,
     Attr,
     DirEntry,
     FileHandle,
@@ -31,28 +38,40 @@ from volfs.errors import VolfsError, error
 from volfs.ext4 import ROOT_INO, Filesystem
 from volfs.ext4 import Attr as EngineAttr
 from volfs.ext4.directory import ft_to_mode
+from volfs.ext4.writer import Writer
 
 __all__ = ["Ext4Backend"]
 
 
-def _erofs() -> VolfsError:
-    return error(errno.EROFS, "the ext4 backend is read-only (write support arrives with issue 5)")
+def _erofs(reason: str = "opened read-only") -> VolfsError:
+    return error(errno.EROFS, f"the ext4 backend is read-only: {reason}")
+
+
+class _Handle:
+    __slots__ = ("ino", "flags")
+
+    def __init__(self, ino: int, flags: OpenFlags) -> None:
+        self.ino = ino
+        self.flags = flags
 
 
 class Ext4Backend:
-    """A read-only backend over the ext4 image at ``image``.
+    """A backend over the ext4 image at ``image``.
 
-    ``salvage=True`` reads past checksum mismatches (inspection tools).  Opening
-    raises EOPNOTSUPP for images with features the engine cannot read and
-    EUCLEAN for corrupt ones; an image that needs journal recovery is shown as
-    after recovery, without writing it.
+    ``readonly=True`` (the default) never writes.  ``readonly=False`` writes
+    when the engine supports every feature of the image (see
+    :attr:`readonly` and :attr:`readonly_reason` otherwise).
+    ``salvage=True`` reads past checksum mismatches (inspection tools; never
+    writable).  Opening raises EOPNOTSUPP for images with features the engine
+    cannot read and EUCLEAN for corrupt ones; an image that needs journal
+    recovery is shown as after recovery (and, when writable, recovered on disk).
     """
 
-    def __init__(self, image: str | os.PathLike[str], *, salvage: bool = False) -> None:
-        self._engine: Filesystem | None = Filesystem.open(image, salvage=salvage)
+    def __init__(self, image: str | os.PathLike[str], *, salvage: bool = False, readonly: bool = True) -> None:
+        self._engine: Filesystem | None = Filesystem.open(image, readonly=readonly, salvage=salvage)
         self._lock = threading.RLock()
         self._lookups: dict[int, int] = {}
-        self._handles: dict[int, int] = {}
+        self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
 
     @property
@@ -68,7 +87,11 @@ class Ext4Backend:
 
     @property
     def readonly(self) -> bool:
-        return True
+        return self._fs.readonly
+
+    @property
+    def readonly_reason(self) -> str:
+        return self._fs.readonly_reason
 
     @property
     def root(self) -> Ino:
@@ -76,8 +99,15 @@ class Ext4Backend:
 
     # -- helpers ---------------------------------------------------------------
 
+    def _w(self) -> Writer:
+        fs = self._fs
+        if fs.readonly:
+            raise _erofs(fs.readonly_reason)
+        return fs.writer
+
     def _known(self, ino: Ino) -> None:
-        if int(ino) != int(ROOT_INO) and ino not in self._lookups and ino not in self._handles.values():
+        if int(ino) != int(ROOT_INO) and ino not in self._lookups and not any(
+                h.ino == ino for h in self._handles.values()):
             raise error(errno.ESTALE, f"unknown inode {ino}")
 
     @staticmethod
@@ -92,6 +122,11 @@ class Ext4Backend:
             if exc.errno == errno.ENOENT:
                 raise error(errno.ESTALE, f"inode {ino} no longer exists") from None
             raise
+
+    def _ref(self, ino: int) -> Attr:
+        attr = self._getattr(ino)
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        return attr
 
     # -- names and attributes -------------------------------------------------------
 
@@ -117,7 +152,24 @@ class Ext4Backend:
             return self._getattr(ino)
 
     def setattr(self, ino: Ino, changes: SetAttr, fh: FileHandle | None = None) -> Attr:
-        raise _erofs()
+        with self._lock:
+            w = self._w()
+            self._known(ino)
+            attr = self._getattr(ino)
+            if changes.size is not None:
+                if stat.S_ISDIR(attr.mode):
+                    raise error(errno.EISDIR, "is a directory")
+                if not stat.S_ISREG(attr.mode):
+                    raise error(errno.EINVAL, "not a regular file")
+            if changes.mode is not None and stat.S_ISLNK(attr.mode):
+                raise error(errno.EOPNOTSUPP, "symlinks have no mode of their own")
+            now = time.time_ns()
+            atime = now if changes.atime_ns is NOW else changes.atime_ns
+            mtime = now if changes.mtime_ns is NOW else changes.mtime_ns
+            w.setattr(ino, mode=changes.mode, uid=changes.uid, gid=changes.gid, size=changes.size,
+                      atime_ns=atime if isinstance(atime, int) else None,
+                      mtime_ns=mtime if isinstance(mtime, int) else None)
+            return self._getattr(ino)
 
     def readlink(self, ino: Ino) -> bytes:
         with self._lock:
@@ -132,45 +184,116 @@ class Ext4Backend:
                        if e.name not in (b".", b"..")]
         yield from entries
 
-    # -- mutations: EROFS -------------------------------------------------------------
+    # -- mutations ---------------------------------------------------------------------
+
+    def _parent(self, parent: Ino, name: bytes) -> Writer:
+        check_name(name)
+        w = self._w()
+        self._known(parent)
+        return w
 
     def mkdir(self, parent: Ino, name: bytes, mode: int, uid: int, gid: int) -> Attr:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(parent, name)
+            return self._ref(w.mkdir(parent, name, mode & 0o7777, uid, gid))
 
     def mknod(self, parent: Ino, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(parent, name)
+            fmt = stat.S_IFMT(mode)
+            if fmt not in (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+                raise error(errno.EINVAL, "mknod cannot create directories or symlinks")
+            return self._ref(w.create(parent, name, mode, uid, gid, rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0))
 
     def symlink(self, parent: Ino, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(parent, name)
+            return self._ref(w.symlink(parent, name, target, uid, gid))
 
     def link(self, ino: Ino, new_parent: Ino, new_name: bytes) -> Attr:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(new_parent, new_name)
+            self._known(ino)
+            w.link(ino, new_parent, new_name)
+            return self._ref(ino)
 
     def unlink(self, parent: Ino, name: bytes) -> None:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(parent, name)
+            w.unlink(parent, name)
 
     def rmdir(self, parent: Ino, name: bytes) -> None:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(parent, name)
+            w.rmdir(parent, name)
 
     def rename(self, old_parent: Ino, old_name: bytes, new_parent: Ino, new_name: bytes,
                flags: RenameFlags = RenameFlags(0)) -> None:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(old_parent, old_name)
+            check_name(new_name)
+            self._known(new_parent)
+            w.rename(old_parent, old_name, new_parent, new_name, int(flags))
 
     def create(self, parent: Ino, name: bytes, mode: int, flags: OpenFlags, uid: int,
                gid: int) -> tuple[FileHandle, Attr]:
-        raise _erofs()
+        with self._lock:
+            w = self._parent(parent, name)
+            fs = self._fs
+            try:
+                existing = fs.lookup_ino(parent, name)
+            except VolfsError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                ino = w.create(parent, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
+            else:
+                if flags & OpenFlags.EXCL:
+                    raise error(errno.EEXIST, f"{name!r} exists")
+                attr = self._getattr(existing)
+                if stat.S_ISLNK(attr.mode):
+                    raise error(errno.EEXIST, "a symlink has that name")
+                if stat.S_ISDIR(attr.mode):
+                    raise error(errno.EISDIR, "is a directory")
+                if not stat.S_ISREG(attr.mode):
+                    raise error(errno.ENXIO, "not a regular file")
+                ino = existing
+                if flags & OpenFlags.TRUNC and attr.size:
+                    w.truncate(ino, 0)
+            attr = self._ref(ino)
+            return self._new_handle(ino, flags), attr
+
+    def _new_handle(self, ino: int, flags: OpenFlags) -> FileHandle:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _Handle(ino, flags)
+        self._fs.pin(ino)
+        return FileHandle(fh)
 
     def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview) -> int:
         with self._lock:
-            if fh not in self._handles:
+            h = self._handles.get(fh)
+            if h is None:
                 raise error(errno.EBADF, "unknown file handle")
-        raise error(errno.EBADF, "handle not opened for writing")
+            if not h.flags.writes:
+                raise error(errno.EBADF, "handle not opened for writing")
+            if offset < 0:
+                raise error(errno.EINVAL, "negative offset")
+            w = self._w()
+            if h.flags & OpenFlags.APPEND:
+                offset = self._fs.inode(h.ino).size
+            return w.write_data(h.ino, offset, data)
 
     def setxattr(self, ino: Ino, name: bytes, value: bytes, flags: XattrFlags = XattrFlags(0)) -> None:
-        raise _erofs()
+        with self._lock:
+            w = self._w()
+            self._known(ino)
+            w.setxattr(ino, name, bytes(value), int(flags))
 
     def removexattr(self, ino: Ino, name: bytes) -> None:
-        raise _erofs()
+        with self._lock:
+            w = self._w()
+            self._known(ino)
+            w.removexattr(ino, name)
 
     # -- file handles ------------------------------------------------------------------
 
@@ -185,30 +308,34 @@ class Ext4Backend:
             if not stat.S_ISREG(attr.mode):
                 raise error(errno.ENXIO, "not a regular file")
             if flags.writes:
-                raise _erofs()
-            fh = self._next_fh
-            self._next_fh += 1
-            self._handles[fh] = ino
-            return FileHandle(fh)
+                w = self._w()
+                if flags & OpenFlags.TRUNC and attr.size:
+                    w.truncate(ino, 0)
+            return self._new_handle(ino, flags)
 
     def read(self, fh: FileHandle, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0:
             raise error(errno.EINVAL, "negative offset or size")
         with self._lock:
-            ino = self._handles.get(fh)
-            if ino is None:
+            h = self._handles.get(fh)
+            if h is None:
                 raise error(errno.EBADF, "unknown file handle")
-            return self._fs.read(ino, offset, size)
+            if h.flags & OpenFlags.WRITE and not h.flags & OpenFlags.READ:
+                raise error(errno.EBADF, "handle not opened for reading")
+            return self._fs.read(h.ino, offset, size)
 
     def fsync(self, fh: FileHandle, datasync: bool = False) -> None:
         with self._lock:
             if fh not in self._handles:
                 raise error(errno.EBADF, "unknown file handle")
+            self._fs.commit()
 
     def release(self, fh: FileHandle) -> None:
         with self._lock:
-            if self._handles.pop(fh, None) is None:
+            h = self._handles.pop(fh, None)
+            if h is None:
                 raise error(errno.EBADF, "unknown file handle")
+            self._fs.unpin(h.ino)
 
     # -- xattrs and filesystem-wide ------------------------------------------------------
 
@@ -229,12 +356,14 @@ class Ext4Backend:
                       s.files_free, s.files_free, s.name_max)
 
     def sync(self) -> None:
-        pass
+        with self._lock:
+            self._fs.commit()
 
     def close(self) -> None:
         with self._lock:
             if self._engine is not None:
-                self._engine.close()
+                engine = self._engine
                 self._engine = None
-            self._lookups.clear()
-            self._handles.clear()
+                self._lookups.clear()
+                self._handles.clear()
+                engine.close()

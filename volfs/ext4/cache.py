@@ -7,10 +7,13 @@ that supersede the device.  On a read-only open the journal's committed
 transactions are replayed into this overlay, so the image is shown as it
 will be after recovery without writing it.
 
-The write side slots in at the same place: a transaction will collect dirty
-blocks in an overlay of its own (reads see them first), then commit them to
-the journal and checkpoint them in place; data runs (:meth:`read_run`)
-already consult the overlay, so the same path serves both.
+The write side slots in at the same place: a transaction
+(:mod:`volfs.ext4.transaction`) collects dirty metadata blocks in
+:attr:`BlockCache.dirty` (reads see them first), then commits them (to the
+journal, once it is written, and) in place, after which they join the LRU
+as clean blocks.  File data never passes through ``dirty``: it is written
+straight to the device in whole runs, and :meth:`forget_range` drops any
+stale cached copy of the blocks it overwrites.
 
 ``reads`` counts device reads of metadata blocks (tests use it to prove
 that an htree lookup touches O(log n) blocks); ``run_reads`` counts data
@@ -30,7 +33,7 @@ __all__ = ["BlockCache"]
 
 class BlockCache:
     __slots__ = ("device", "block_size", "blocks_count", "capacity", "reads", "run_reads",
-                 "_lru", "_overlay", "_overlay_keys")
+                 "_lru", "_overlay", "_overlay_keys", "dirty")
 
     def __init__(self, device: BlockDevice, block_size: int, blocks_count: int, capacity: int = 2048) -> None:
         self.device = device
@@ -42,6 +45,7 @@ class BlockCache:
         self._lru: OrderedDict[int, bytes] = OrderedDict()
         self._overlay: dict[int, bytes] = {}
         self._overlay_keys: list[int] = []
+        self.dirty: dict[int, bytes] = {}
 
     def set_overlay(self, blocks: dict[int, bytes]) -> None:
         """Install blocks that supersede the device (journal replay)."""
@@ -59,7 +63,10 @@ class BlockCache:
                                f"({self.blocks_count} blocks)", inode=inode, block=block)
 
     def read(self, block: int, structure: str = "block", inode: int | None = None) -> bytes:
-        """One metadata block, from the overlay, the LRU or the device."""
+        """One metadata block, from the transaction, the overlay, the LRU or the device."""
+        d = self.dirty.get(block)
+        if d is not None:
+            return d
         hit = self._lru.get(block)
         if hit is not None:
             self._lru.move_to_end(block)
@@ -116,3 +123,28 @@ class BlockCache:
 
     def drop(self) -> None:
         self._lru.clear()
+
+    def clear_overlay(self) -> None:
+        """Forget the overlay (once it has been written to the device)."""
+        self._overlay = {}
+        self._overlay_keys = []
+        self._lru.clear()
+
+    def remember(self, block: int, data: bytes) -> None:
+        """Keep a block just written to the device as a clean cached copy."""
+        self._lru[block] = data
+        self._lru.move_to_end(block)
+        if len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+
+    def forget_range(self, block: int, count: int) -> None:
+        """Drop cached copies of ``count`` blocks from ``block`` (file data overwrote them)."""
+        lru = self._lru
+        if not lru:
+            return
+        if count < len(lru):
+            for b in range(block, block + count):
+                lru.pop(b, None)
+        else:
+            for b in [b for b in lru if block <= b < block + count]:
+                del lru[b]

@@ -5,6 +5,10 @@ tests can run it on an in-memory image (:class:`MemoryDevice`) or on a
 device that injects faults.  :class:`FileDevice` reads an image file with
 ``os.pread``; a read past the end of the device returns fewer bytes, and
 the caller decides whether that is corruption.
+
+The write side uses :class:`WritableBlockDevice`: ``pwrite`` of whole
+buffers and ``sync`` (fsync).  Only the transaction (``transaction.py``)
+calls them; a device opened read-only raises EROFS.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from volfs.errors import error
 
-__all__ = ["BlockDevice", "FileDevice", "MemoryDevice"]
+__all__ = ["BlockDevice", "WritableBlockDevice", "FileDevice", "MemoryDevice"]
 
 
 @runtime_checkable
@@ -35,15 +39,34 @@ class BlockDevice(Protocol):
         ...
 
 
+@runtime_checkable
+class WritableBlockDevice(BlockDevice, Protocol):
+    """A block device that can also be written (the write side's device)."""
+
+    @property
+    def writable(self) -> bool:
+        ...
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (EROFS on a read-only device)."""
+        ...
+
+    def sync(self) -> None:
+        """Make every write so far durable (fsync)."""
+        ...
+
+
 class FileDevice:
-    """An image file opened read-only (writes arrive with the write side)."""
+    """An image file, read-only unless opened with ``writable=True``."""
 
-    __slots__ = ("path", "_fd", "_size")
+    __slots__ = ("path", "_fd", "_size", "writable", "bytes_written")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], writable: bool = False) -> None:
         self.path = os.fspath(path)
+        self.writable = writable
+        self.bytes_written = 0
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
         except OSError as exc:
             raise error(exc.errno or errno.EIO, f"cannot open image: {exc.strerror}", self.path) from None
         try:
@@ -83,6 +106,31 @@ class FileDevice:
         except OSError as exc:
             raise error(exc.errno or errno.EIO, f"read error at byte {offset}: {exc.strerror}", self.path) from None
 
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        if not self.writable:
+            raise error(errno.EROFS, "image opened read-only", self.path)
+        view = memoryview(data)
+        if offset < 0 or offset + len(view) > self._size:
+            raise error(errno.EIO, f"write of {len(view)} bytes at {offset} beyond the image", self.path)
+        try:
+            while len(view):
+                n = os.pwrite(self._fd, view, offset)
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view = view[n:]
+                offset += n
+                self.bytes_written += n
+        except OSError as exc:
+            raise error(exc.errno or errno.EIO, f"write error at byte {offset}: {exc.strerror}", self.path) from None
+
+    def sync(self) -> None:
+        if not self.writable:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise error(exc.errno or errno.EIO, f"fsync failed: {exc.strerror}", self.path) from None
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -92,10 +140,28 @@ class FileDevice:
 class MemoryDevice:
     """An image held in memory (tests, and images handed over as bytes)."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "writable", "bytes_written")
 
-    def __init__(self, data: bytes | bytearray) -> None:
-        self._data = bytes(data)
+    def __init__(self, data: bytes | bytearray, writable: bool = False) -> None:
+        self._data = bytearray(data)
+        self.writable = writable
+        self.bytes_written = 0
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self._data)
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        if not self.writable:
+            raise error(errno.EROFS, "memory image is read-only")
+        n = len(data)
+        if offset < 0 or offset + n > len(self._data):
+            raise error(errno.EIO, f"write of {n} bytes at {offset} beyond the image")
+        self._data[offset : offset + n] = data
+        self.bytes_written += n
+
+    def sync(self) -> None:
+        pass
 
     @property
     def size(self) -> int:
@@ -104,7 +170,7 @@ class MemoryDevice:
     def pread(self, size: int, offset: int) -> bytes:
         if size <= 0 or offset < 0:
             return b""
-        return self._data[offset : offset + size]
+        return bytes(self._data[offset : offset + size])
 
     def close(self) -> None:
         pass

@@ -30,7 +30,9 @@ from volfs.ext4.types import InodeNo
 
 __all__ = ["DIR_ENTRY", "DIR_TAIL", "DX_ROOT_INFO", "DX_COUNTLIMIT", "DX_ENTRY", "DX_TAIL", "DirEntry",
            "parse_dir_block", "rec_len_from_disk", "DxIndex", "DxLevel", "parse_dx_root", "parse_dx_node",
-           "dx_node_csum_ok", "FT_NAMES", "ft_to_mode", "is_dx_node_block", "DT_BY_FT"]
+           "dx_node_csum_ok", "FT_NAMES", "ft_to_mode", "is_dx_node_block", "DT_BY_FT", "rec_len_for",
+           "mode_to_ft", "empty_leaf", "first_dir_block", "set_leaf_csum", "leaf_slack", "insert_in_block",
+           "remove_from_block", "set_entry_inode", "leaf_end", "rec_len_to_disk"]
 
 DIR_ENTRY = Struct("ext4_dir_entry_2", [
     ("inode", "I"), ("rec_len", "H"), ("name_len", "B"), ("file_type", "B"),
@@ -284,3 +286,131 @@ def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, re
         for d in range(depth + 1, len(path)):
             node = read_node(path[d - 1][0].entries[path[d - 1][1]][1])
             path[d] = (node, 0)
+
+
+# --- the write side -----------------------------------------------------------
+# Leaf blocks are edited as the kernel does (ext4_insert_dentry, ext4_generic_delete_entry):
+# a new entry takes the slack after a live entry's name, or an empty entry's
+# whole record; a removed entry is merged into its predecessor in the block
+# (the first entry of a block just gets inode 0).  Under metadata_csum the
+# 12-byte tail stays at the end and is recomputed after each change.
+
+_MODE_FT: Final = {v: k for k, v in _FT_MODE.items()}
+
+
+def mode_to_ft(mode: int) -> int:
+    return _MODE_FT.get(stat.S_IFMT(mode), 0)
+
+
+def rec_len_for(name_len: int) -> int:
+    """The smallest record for a name of ``name_len`` bytes (EXT4_DIR_REC_LEN)."""
+    return (8 + name_len + 3) & ~3
+
+
+def rec_len_to_disk(n: int, block_size: int) -> int:
+    if block_size < 65536:
+        return n
+    if n == 65536:
+        return 65535 if block_size == 65536 else 0
+    return (n & 65532) | ((n >> 16) & 3)
+
+
+def leaf_end(block_size: int, csum: bool) -> int:
+    return block_size - 12 if csum else block_size
+
+
+def _tail(block_size: int) -> bytes:
+    return DIR_TAIL.pack({"det_reserved_zero1": 0, "det_rec_len": 12, "det_reserved_zero2": 0,
+                          "det_reserved_ft": FT_DIR_CSUM, "det_checksum": 0})
+
+
+def set_leaf_csum(buf: bytearray, csum_seed: int | None) -> None:
+    """Recompute the tail checksum of leaf block ``buf`` (no-op without metadata_csum)."""
+    if csum_seed is None:
+        return
+    end = len(buf) - 12
+    buf[end:] = _tail(len(buf))
+    buf[end + 8 : end + 12] = crc32c_raw(csum_seed, bytes(buf[:end])).to_bytes(4, "little")
+
+
+def empty_leaf(block_size: int, csum_seed: int | None, csum: bool) -> bytearray:
+    end = leaf_end(block_size, csum)
+    buf = bytearray(block_size)
+    buf[0:8] = DIR_ENTRY.pack({"inode": 0, "rec_len": rec_len_to_disk(end, block_size), "name_len": 0,
+                               "file_type": 0})
+    set_leaf_csum(buf, csum_seed)
+    return buf
+
+
+def first_dir_block(ino: int, parent: int, block_size: int, csum_seed: int | None, csum: bool) -> bytearray:
+    """Block 0 of a new directory: "." and ".." (which covers the rest)."""
+    end = leaf_end(block_size, csum)
+    buf = bytearray(block_size)
+    buf[0:12] = DIR_ENTRY.pack({"inode": ino, "rec_len": 12, "name_len": 1, "file_type": 2}) + b".\0\0\0"
+    buf[12:24] = DIR_ENTRY.pack({"inode": parent, "rec_len": rec_len_to_disk(end - 12, block_size),
+                                 "name_len": 2, "file_type": 2}) + b"..\0\0"
+    set_leaf_csum(buf, csum_seed)
+    return buf
+
+
+def _entries(buf: bytes | bytearray, end: int, block_size: int) -> list[tuple[int, int, int, int]]:
+    """(offset, inode, rec_len, name_len) of every record in ``buf[:end]`` (already verified)."""
+    out = []
+    pos = 0
+    while pos < end:
+        e_ino, raw_rec, name_len, _ft = DIR_ENTRY.unpack_ints(buf, pos)
+        rec = rec_len_from_disk(raw_rec, block_size)
+        if rec < 8 or pos + rec > end:
+            raise CorruptError("directory entry", f"rec_len {rec} at offset {pos} is invalid")
+        out.append((pos, e_ino, rec, name_len))
+        pos += rec
+    return out
+
+
+def leaf_slack(buf: bytes | bytearray, block_size: int, csum: bool) -> int:
+    """The largest record a new entry could take in this leaf block."""
+    best = 0
+    for _pos, e_ino, rec, name_len in _entries(buf, leaf_end(block_size, csum), block_size):
+        used = rec_len_for(name_len) if e_ino else 0
+        best = max(best, rec - used)
+    return best
+
+
+def insert_in_block(buf: bytearray, name: bytes, ino: int, ft: int, block_size: int, csum: bool) -> int | None:
+    """Put the entry into ``buf`` if it fits; its offset, or None.  The caller recomputes the tail."""
+    need = rec_len_for(len(name))
+    for pos, e_ino, rec, name_len in _entries(buf, leaf_end(block_size, csum), block_size):
+        used = rec_len_for(name_len) if e_ino else 0
+        if rec - used < need:
+            continue
+        if e_ino:
+            buf[pos + 4 : pos + 6] = rec_len_to_disk(used, block_size).to_bytes(2, "little")
+            pos, rec = pos + used, rec - used
+        buf[pos : pos + 8] = DIR_ENTRY.pack({"inode": ino, "rec_len": rec_len_to_disk(rec, block_size),
+                                             "name_len": len(name), "file_type": ft})
+        buf[pos + 8 : pos + 8 + len(name)] = name
+        pad_end = pos + rec_len_for(len(name))
+        buf[pos + 8 + len(name) : pad_end] = bytes(pad_end - pos - 8 - len(name))
+        return pos
+    return None
+
+
+def remove_from_block(buf: bytearray, offset: int, block_size: int, csum: bool) -> None:
+    """Remove the entry at ``offset``: merged into its predecessor, or emptied if first."""
+    prev: int | None = None
+    for pos, _e_ino, rec, _nl in _entries(buf, leaf_end(block_size, csum), block_size):
+        if pos == offset:
+            if prev is None:
+                buf[pos : pos + 4] = b"\0\0\0\0"
+            else:
+                prev_rec = rec_len_from_disk(int.from_bytes(buf[prev + 4 : prev + 6], "little"), block_size)
+                buf[prev + 4 : prev + 6] = rec_len_to_disk(prev_rec + rec, block_size).to_bytes(2, "little")
+            return
+        prev = pos
+    raise CorruptError("directory entry", f"no entry at offset {offset}")
+
+
+def set_entry_inode(buf: bytearray, offset: int, ino: int, ft: int) -> None:
+    """Point the entry at ``offset`` at another inode (rename over, "..")."""
+    buf[offset : offset + 4] = ino.to_bytes(4, "little")
+    buf[offset + 7] = ft

@@ -7,11 +7,22 @@ one less than its parent (which also rules out cycles), keys sorted and
 inside the parent's key range, and, for non-root nodes under metadata_csum,
 the tail checksum stored right after ``eh_max`` entries.  ``ee_len`` above
 32768 marks an unwritten extent of ``ee_len - 32768`` blocks.
+
+The write side keeps a file's mapping as a flat, sorted list of
+:class:`Extent` and rebuilds the tree from it after each change
+(:func:`build_extent_tree`): leaves are filled completely in logical
+order, index levels are added while the root's 4 slots do not suffice, and
+the tree shrinks back (to the inode itself) when extents go away.  Node
+blocks of the old tree are reused in order, so an append only rewrites the
+last leaf and the index above it; blocks whose bytes did not change are not
+written again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from volfs.errors import CorruptError
@@ -20,7 +31,8 @@ from volfs.ext4.checksum import crc32c_raw
 from volfs.ext4.runlist import Run
 
 __all__ = ["EXTENT_HEADER", "EXTENT", "EXTENT_IDX", "EXTENT_TAIL", "extent_runs", "EXT4_EXT_MAGIC",
-           "MAX_DEPTH"]
+           "MAX_DEPTH", "Extent", "read_extents", "tree_nodes_needed", "build_extent_tree", "split_long",
+           "INIT_MAX_LEN", "UNWRITTEN_MAX_LEN"]
 
 EXTENT_HEADER = Struct("ext4_extent_header", [
     ("eh_magic", "H"), ("eh_entries", "H"), ("eh_max", "H"), ("eh_depth", "H"), ("eh_generation", "I"),
@@ -36,6 +48,8 @@ EXTENT_TAIL = Struct("ext4_extent_tail", [("eb_checksum", "I")], size=4)
 EXT4_EXT_MAGIC: Final = 0xF30A
 MAX_DEPTH: Final = 5
 _INIT_MAX_LEN: Final = 32768
+INIT_MAX_LEN: Final = 32768
+UNWRITTEN_MAX_LEN: Final = 32767
 _KEY_END: Final = 1 << 32
 
 ReadBlock = Callable[[int], bytes]
@@ -111,3 +125,116 @@ def _walk(ino: int, node: bytes, block: int | None, expect_depth: int, lo: int, 
         data = read_block(child)
         _walk(ino, data, child, depth - 1, key if k else lo, nxt, read_block, block_size, blocks_count,
               csum_seed, out, visited)
+
+
+# --- the write side -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    logical: int
+    length: int
+    physical: int
+    unwritten: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.logical + self.length
+
+
+def read_extents(ino: int, i_block: bytes, read_block: ReadBlock, block_size: int, blocks_count: int,
+                 csum_seed: int | None) -> tuple[list[Extent], list[int]]:
+    """(leaf extents in logical order, tree node blocks in tree order) of a verified tree."""
+    out: list[Extent] = []
+    nodes: list[int] = []
+
+    def walk(node: bytes) -> None:
+        _magic, entries, _emax, depth, _gen = EXTENT_HEADER.unpack_ints(node)
+        if depth == 0:
+            for k in range(entries):
+                ee_block, ee_len, hi16, lo32 = EXTENT.unpack_ints(node, 12 + 12 * k)
+                unwritten = ee_len > _INIT_MAX_LEN
+                out.append(Extent(ee_block, ee_len - _INIT_MAX_LEN if unwritten else ee_len, (hi16 << 32) | lo32,
+                                  unwritten))
+            return
+        for k in range(entries):
+            _b, leaf_lo, leaf_hi, _u = EXTENT_IDX.unpack_ints(node, 12 + 12 * k)
+            child = (leaf_hi << 32) | leaf_lo
+            nodes.append(child)
+            walk(read_block(child))
+
+    # Verify the whole tree first (structure, order, checksums, cycles).
+    extent_runs(ino, i_block, read_block, block_size, blocks_count, csum_seed)
+    walk(i_block)
+    return out, nodes
+
+
+def split_long(ext: Extent) -> list[Extent]:
+    """``ext`` cut into pieces no longer than ee_len allows."""
+    cap = UNWRITTEN_MAX_LEN if ext.unwritten else INIT_MAX_LEN
+    if ext.length <= cap:
+        return [ext]
+    out = []
+    pos = 0
+    while pos < ext.length:
+        n = min(cap, ext.length - pos)
+        out.append(Extent(ext.logical + pos, n, ext.physical + pos, ext.unwritten))
+        pos += n
+    return out
+
+
+def _node_capacity(block_size: int) -> int:
+    return (block_size - 12) // 12
+
+
+def tree_nodes_needed(n_extents: int, block_size: int) -> int:
+    """Blocks (leaves and index nodes) a tree of ``n_extents`` extents needs outside the inode."""
+    cap = _node_capacity(block_size)
+    total = 0
+    n = n_extents
+    while n > 4:
+        n = (n + cap - 1) // cap
+        total += n
+    return total
+
+
+def _header(entries: int, emax: int, depth: int) -> bytes:
+    return EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": entries, "eh_max": emax,
+                               "eh_depth": depth, "eh_generation": 0})
+
+
+def build_extent_tree(extents: Sequence[Extent], nodes: Sequence[int], block_size: int,
+                      csum_seed: int | None) -> tuple[bytes, dict[int, bytes]]:
+    """(new 60-byte i_block, {node block: contents}) for ``extents`` (sorted, each within ee_len).
+
+    ``nodes`` are exactly :func:`tree_nodes_needed` blocks, used in order.
+    """
+    if len(nodes) != tree_nodes_needed(len(extents), block_size):
+        raise ValueError("wrong number of extent tree blocks")
+    cap = _node_capacity(block_size)
+    # Level 0: (first logical block, packed entry) per extent.
+    level: list[tuple[int, bytes]] = []
+    for e in extents:
+        ee_len = e.length + (_INIT_MAX_LEN if e.unwritten else 0)
+        level.append((e.logical, struct.pack("<IHHI", e.logical, ee_len, e.physical >> 32,
+                                             e.physical & 0xFFFFFFFF)))
+    blocks: dict[int, bytes] = {}
+    depth = 0
+    it = iter(nodes)
+    while len(level) > 4:
+        if depth >= MAX_DEPTH:
+            raise ValueError("extent tree deeper than 5 levels")
+        upper: list[tuple[int, bytes]] = []
+        for i in range(0, len(level), cap):
+            chunk = level[i : i + cap]
+            blk = next(it)
+            body = _header(len(chunk), cap, depth) + b"".join(p for _, p in chunk)
+            body += bytes(12 + 12 * cap - len(body))
+            tail = struct.pack("<I", crc32c_raw(csum_seed, body)) if csum_seed is not None else bytes(4)
+            data = body + tail
+            blocks[blk] = data + bytes(block_size - len(data))
+            upper.append((chunk[0][0], struct.pack("<IIHH", chunk[0][0], blk & 0xFFFFFFFF, blk >> 32, 0)))
+        level = upper
+        depth += 1
+    root = _header(len(level), 4, depth) + b"".join(p for _, p in level)
+    return root + bytes(60 - len(root)), blocks

@@ -27,7 +27,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from volfs.errors import CorruptError, error
 from volfs.ext4.bitmap import verify_block_bitmap, verify_inode_bitmap
@@ -35,7 +35,7 @@ from volfs.ext4.blockmap import blockmap_runs
 from volfs.ext4.cache import BlockCache
 from volfs.ext4.checksum import fs_seed as compute_fs_seed
 from volfs.ext4.checksum import inode_seed
-from volfs.ext4.device import BlockDevice, FileDevice
+from volfs.ext4.device import BlockDevice, FileDevice, WritableBlockDevice
 from volfs.ext4.dirhash import HASH_TEA, dirhash
 from volfs.ext4.directory import (
     DirEntry,
@@ -90,9 +90,14 @@ from volfs.ext4.superblock import (
     check_features,
     feature_names,
     parse_superblock,
+    write_blockers,
 )
+from volfs.ext4.transaction import Transaction
 from volfs.ext4.types import BlockNo, GroupNo, InodeNo
 from volfs.ext4.xattr import ACL_INDEXES, acl_to_xattr, full_name, parse_ibody, parse_xattr_block, split_name
+
+if TYPE_CHECKING:
+    from volfs.ext4.writer import Writer
 
 __all__ = ["Filesystem", "Attr", "StatFs", "FeatureReport", "ROOT_INO"]
 
@@ -126,6 +131,9 @@ class _Lru(Generic[K, V]):
 
     def clear(self) -> None:
         self._d.clear()
+
+    def pop(self, key: K) -> None:
+        self._d.pop(key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,14 +184,23 @@ class FeatureReport:
 
 
 class Filesystem:
-    """A read-only view of an ext4 (or ext2/ext3) image."""
+    """A view of an ext4 (or ext2/ext3) image; writable when opened with ``readonly=False``.
+
+    The mutations (``create``, ``mkdir``, ``write``, ``rename``...) live in
+    :mod:`volfs.ext4.writer` and are reached through the methods of the same
+    name here; on a read-only filesystem they raise EROFS, naming the reason
+    (:attr:`readonly_reason`).
+    """
 
     def __init__(self, device: BlockDevice, *, salvage: bool = False, path: str | None = None,
-                 cache_blocks: int = 4096) -> None:
+                 cache_blocks: int = 4096, writable: bool = False) -> None:
         self.device = device
         self.path = path
         self.salvage = salvage
         self.readonly = True
+        self.readonly_reason = "opened read-only"
+        self._writer: Writer | None = None
+        self._pins: dict[int, int] = {}
         self.sb = self._read_superblock(device.pread(1024, SUPERBLOCK_OFFSET))
         check_features(self.sb, path)
         self.cache = BlockCache(device, self.sb.block_size, self.sb.blocks_count, cache_blocks)
@@ -195,30 +212,113 @@ class Filesystem:
         self.recovered = False
         if self.sb.has_incompat(INCOMPAT_RECOVER):
             self._recover()
+        if writable:
+            blockers = write_blockers(self.sb)
+            if salvage:
+                blockers.append("opened with salvage (checksums not trusted)")
+            if not isinstance(device, WritableBlockDevice) or not device.writable:
+                blockers.append("the device is not writable")
+            if blockers:
+                self.readonly_reason = "; ".join(blockers)
+            else:
+                from volfs.ext4.writer import Writer
+
+                self.readonly = False
+                self._writer = Writer(self)
+                self._writer.start()
 
     # --- opening ---------------------------------------------------------
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], readonly: bool = True, *, salvage: bool = False,
              cache_blocks: int = 4096) -> Filesystem:
-        """Open the image at ``path``.  Raises EROFS for ``readonly=False`` (writes come later),
-        EOPNOTSUPP for features the engine cannot read, and CorruptError for a bad image."""
+        """Open the image at ``path``.
+
+        With ``readonly=False`` the image is opened for writing when the write
+        side implements all of its features; otherwise it opens read-only and
+        :attr:`readonly_reason` names the features (check :attr:`readonly`).
+        A journal that needs recovery is replayed onto the disk first.
+        Raises EOPNOTSUPP for features the engine cannot read and
+        CorruptError for a bad image.
+        """
         p = os.fspath(path)
-        if not readonly:
-            raise error(errno.EROFS, "the ext4 engine is read-only for now", p)
-        dev = FileDevice(p)
+        dev = FileDevice(p, writable=not readonly)
         try:
-            return cls(dev, salvage=salvage, path=p, cache_blocks=cache_blocks)
+            return cls(dev, salvage=salvage, path=p, cache_blocks=cache_blocks, writable=not readonly)
         except BaseException:
             dev.close()
             raise
 
     @classmethod
-    def open_device(cls, device: BlockDevice, *, salvage: bool = False, path: str | None = None) -> Filesystem:
-        return cls(device, salvage=salvage, path=path)
+    def open_device(cls, device: BlockDevice, *, salvage: bool = False, path: str | None = None,
+                    readonly: bool = True) -> Filesystem:
+        return cls(device, salvage=salvage, path=path, writable=not readonly)
 
     def close(self) -> None:
-        self.device.close()
+        """Commit (marking the filesystem clean) and close the device.  Idempotent."""
+        w = self._writer
+        try:
+            if w is not None:
+                w.finish()
+        finally:
+            self._writer = None
+            self.readonly = True
+            self.readonly_reason = "closed"
+            self.device.close()
+
+    @property
+    def writer(self) -> Writer:
+        """The write side; EROFS (naming why) on a read-only filesystem."""
+        if self._writer is None:
+            raise error(errno.EROFS, f"ext4 image is read-only: {self.readonly_reason}", self.path)
+        return self._writer
+
+    def commit(self) -> None:
+        """Make every change so far durable (no-op when read-only)."""
+        if self._writer is not None:
+            self._writer.commit()
+
+    sync = commit
+
+    def txn_required(self) -> Transaction:
+        return self.writer.txn
+
+    def forget_desc(self, group: int) -> None:
+        self._descs.pop(group, None)
+
+    def forget_inode(self, ino: int) -> None:
+        self._inodes.pop(ino)
+        self._runlists.pop(ino)
+        self._dx_roots.pop(ino)
+
+    def forget_all(self) -> None:
+        """Drop every decoded structure (after a rolled-back operation)."""
+        self._inodes.clear()
+        self._runlists.clear()
+        self._descs.clear()
+        self._dx_roots.clear()
+
+    def reload_superblock(self) -> None:
+        bs = self.sb.block_size
+        raw = self.cache.read(SUPERBLOCK_OFFSET // bs, "superblock")[SUPERBLOCK_OFFSET % bs :][:1024]
+        self.sb = self._read_superblock(raw)
+
+    # Pins: inodes held open by a handle live on after their last link goes.
+
+    def pin(self, ino: InodeNo | int) -> None:
+        self._pins[ino] = self._pins.get(ino, 0) + 1
+
+    def unpin(self, ino: InodeNo | int) -> None:
+        n = self._pins.get(ino, 0) - 1
+        if n > 0:
+            self._pins[ino] = n
+            return
+        self._pins.pop(ino, None)
+        if self._writer is not None:
+            self._writer.release_orphan(InodeNo(ino))
+
+    def pinned(self, ino: int) -> bool:
+        return ino in self._pins
 
     def __enter__(self) -> Filesystem:
         return self
@@ -333,7 +433,7 @@ class Filesystem:
         if not 1 <= ino <= self.sb.inodes_count:
             raise error(errno.ENOENT, f"no inode {ino}")
         rec = self.inode(ino)
-        if rec.links_count == 0 or rec.mode == 0:
+        if (rec.links_count == 0 and ino not in self._pins) or rec.mode == 0:
             raise error(errno.ENOENT, f"inode {ino} is not in use")
         return rec
 
@@ -547,6 +647,10 @@ class Filesystem:
                         "is not supported")
         if name == b".":
             return rec.ino
+        if self._writer is not None:
+            hit = self._writer.cached_lookup(rec, name)
+            if hit is not None:
+                return hit
         found: DirEntry | None = None
         if rec.flags & EXT4_INLINE_DATA_FL:
             found = next((e for e in self._inline_entries(rec) if e.name == name), None)

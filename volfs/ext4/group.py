@@ -26,7 +26,7 @@ from volfs.ext4.types import BlockNo, GroupNo
 
 __all__ = ["GROUP_DESC32", "GROUP_DESC64", "GroupDesc", "parse_group_desc", "descriptor_block",
            "group_has_super", "BG_INODE_UNINIT", "BG_BLOCK_UNINIT", "BG_INODE_ZEROED",
-           "group_desc_checksum", "group_first_block"]
+           "group_desc_checksum", "group_first_block", "update_group_desc", "group_blocks"]
 
 BG_INODE_UNINIT: Final = 0x1
 BG_BLOCK_UNINIT: Final = 0x2
@@ -153,3 +153,44 @@ def parse_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, *, ve
             raise CorruptError("group descriptor", f"group {group}: inode counts exceed s_inodes_per_group",
                                block=block)
     return desc
+
+
+# GroupDesc attribute -> (lo field, hi field) of the descriptor tables.
+_WIDE: Final = {
+    "free_blocks": ("bg_free_blocks_count_lo", "bg_free_blocks_count_hi"),
+    "free_inodes": ("bg_free_inodes_count_lo", "bg_free_inodes_count_hi"),
+    "used_dirs": ("bg_used_dirs_count_lo", "bg_used_dirs_count_hi"),
+    "itable_unused": ("bg_itable_unused_lo", "bg_itable_unused_hi"),
+    "block_bitmap_csum": ("bg_block_bitmap_csum_lo", "bg_block_bitmap_csum_hi"),
+    "inode_bitmap_csum": ("bg_inode_bitmap_csum_lo", "bg_inode_bitmap_csum_hi"),
+}
+
+
+def update_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, values: dict[str, int]) -> bytes:
+    """``raw`` (one ``s_desc_size`` descriptor) with ``values`` set and bg_checksum recomputed.
+
+    Keys are :class:`GroupDesc` attribute names (``free_blocks``, ``flags``...);
+    16-bit halves go to the ``_lo``/``_hi`` fields as the descriptor size allows.
+    """
+    buf = bytearray(raw[: sb.desc_size])
+    wide = sb.desc_size >= 64
+    for key, value in values.items():
+        if key == "flags":
+            struct.pack_into("<H", buf, GROUP_DESC32.offsets["bg_flags"], value)
+            continue
+        lo, hi = _WIDE[key]
+        struct.pack_into("<H", buf, GROUP_DESC32.offsets[lo], value & 0xFFFF)
+        if wide:
+            struct.pack_into("<H", buf, GROUP_DESC64.offsets[hi], (value >> 16) & 0xFFFF)
+        elif value >> 16 and not key.endswith("_csum"):
+            raise ValueError(f"{key} {value} does not fit a 32-byte descriptor")
+    if sb.metadata_csum or sb.gdt_csum:
+        struct.pack_into("<H", buf, _CSUM_OFF, group_desc_checksum(sb, fs_seed, group, bytes(buf)))
+    return bytes(buf)
+
+
+def group_blocks(sb: Superblock, group: int) -> int:
+    """Blocks in ``group`` (the last group may be short)."""
+    if group == sb.group_count - 1:
+        return sb.blocks_count - sb.first_data_block - group * sb.blocks_per_group
+    return sb.blocks_per_group

@@ -25,7 +25,7 @@ from volfs.ext4.types import InodeNo
 
 __all__ = ["INODE", "Inode", "parse_inode", "inode_checksum", "EXT4_INDEX_FL", "EXT4_EXTENTS_FL",
            "EXT4_INLINE_DATA_FL", "EXT4_ENCRYPT_FL", "EXT4_CASEFOLD_FL", "EXT4_EA_INODE_FL",
-           "EXT4_HUGE_FILE_FL", "EXT4_VERITY_FL"]
+           "EXT4_HUGE_FILE_FL", "EXT4_VERITY_FL", "InodeEditor", "encode_time", "encode_rdev"]
 
 INODE = Struct("ext4_inode", [
     ("i_mode", "H"), ("i_uid", "H"), ("i_size_lo", "I"), ("i_atime", "I"), ("i_ctime", "I"),
@@ -182,3 +182,135 @@ def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block
         projid=extra("i_projid", 32) or 0,
         version=u("l_i_version") | ((extra("i_version_hi", 28) or 0) << 32), raw=bytes(raw),
     )
+
+
+# --- the write side -----------------------------------------------------------
+
+_CODES: Final = dict(INODE.fields)
+_TIME_FIELDS: Final = {"a": ("i_atime", "i_atime_extra"), "m": ("i_mtime", "i_mtime_extra"),
+                       "c": ("i_ctime", "i_ctime_extra"), "cr": ("i_crtime", "i_crtime_extra")}
+_S32_MIN: Final = -(1 << 31)
+# Latest time representable with the epoch bits: (2^31 - 1) + (3 << 32) seconds.
+_MAX_SEC_EXTRA: Final = (1 << 31) - 1 + (3 << 32)
+
+
+def encode_time(ns: int, has_extra: bool) -> tuple[int, int]:
+    """(le32 seconds field, ``*_extra`` field) for ``ns``, as ext4_encode_extra_time.
+
+    Without the extra field the time is clamped to signed 32-bit seconds.
+    """
+    sec, nsec = divmod(ns, _NS)
+    if not has_extra:
+        sec = max(min(sec, (1 << 31) - 1), _S32_MIN)
+        return sec & 0xFFFFFFFF, 0
+    if sec < _S32_MIN:
+        sec, nsec = _S32_MIN, 0
+    elif sec > _MAX_SEC_EXTRA:
+        sec, nsec = _MAX_SEC_EXTRA, _NS - 1
+    low = sec & 0xFFFFFFFF
+    s32 = low - (1 << 32) if low & 0x80000000 else low
+    epoch = ((sec - s32) >> 32) & 3
+    return low, epoch | (nsec << 2)
+
+
+def encode_rdev(rdev: int) -> bytes:
+    """i_block for a device node (old 16-bit encoding when it fits, as the kernel)."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    if major < 256 and minor < 256:
+        return struct.pack("<I", (major << 8) | minor) + bytes(56)
+    new = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+    return struct.pack("<II", 0, new & 0xFFFFFFFF) + bytes(52)
+
+
+class InodeEditor:
+    """A mutable inode record: set fields by kernel name, then :meth:`finish` with the checksum.
+
+    Fields past ``128 + i_extra_isize`` do not exist in the record and are
+    silently not written (times lose their nanoseconds on 128-byte inodes).
+    """
+
+    __slots__ = ("buf", "extra_isize")
+
+    def __init__(self, raw: bytes) -> None:
+        self.buf = bytearray(raw)
+        self.extra_isize = struct.unpack_from("<H", self.buf, INODE.offsets["i_extra_isize"])[0] \
+            if len(raw) > INODE_BASE_SIZE else 0
+
+    @classmethod
+    def new(cls, inode_size: int, want_extra_isize: int) -> InodeEditor:
+        ed = cls(bytes(inode_size))
+        if inode_size > INODE_BASE_SIZE:
+            extra = min(want_extra_isize or 32, inode_size - INODE_BASE_SIZE) & ~3
+            struct.pack_into("<H", ed.buf, INODE.offsets["i_extra_isize"], extra)
+            ed.extra_isize = extra
+        return ed
+
+    def has(self, name: str) -> bool:
+        off = INODE.offsets[name]
+        if off < INODE_BASE_SIZE:
+            return True
+        return off + INODE.field_size(name) <= INODE_BASE_SIZE + self.extra_isize
+
+    def get(self, name: str) -> int:
+        if not self.has(name):
+            return 0
+        v: int = struct.unpack_from("<" + _CODES[name], self.buf, INODE.offsets[name])[0]
+        return v
+
+    def set(self, name: str, value: int) -> None:
+        if self.has(name):
+            struct.pack_into("<" + _CODES[name], self.buf, INODE.offsets[name], value)
+
+    def set_time(self, which: str, ns: int) -> None:
+        base, extra = _TIME_FIELDS[which]
+        if not self.has(base):
+            return
+        sec, ext = encode_time(ns, self.has(extra))
+        self.set(base, sec)
+        self.set(extra, ext)
+
+    def set_size(self, size: int) -> None:
+        self.set("i_size_lo", size & 0xFFFFFFFF)
+        self.set("i_size_high", size >> 32)
+
+    def set_blocks(self, blocks_512: int) -> None:
+        if blocks_512 >= 1 << 48:
+            raise ValueError("i_blocks beyond 48 bits")
+        self.set("i_blocks_lo", blocks_512 & 0xFFFFFFFF)
+        self.set("l_i_blocks_high", blocks_512 >> 32)
+        self.set("i_flags", self.get("i_flags") & ~EXT4_HUGE_FILE_FL)
+
+    def set_uid(self, uid: int) -> None:
+        self.set("i_uid", uid & 0xFFFF)
+        self.set("l_i_uid_high", (uid >> 16) & 0xFFFF)
+
+    def set_gid(self, gid: int) -> None:
+        self.set("i_gid", gid & 0xFFFF)
+        self.set("l_i_gid_high", (gid >> 16) & 0xFFFF)
+
+    def set_i_block(self, data: bytes) -> None:
+        if len(data) != 60:
+            raise ValueError("i_block is 60 bytes")
+        off = INODE.offsets["i_block"]
+        self.buf[off : off + 60] = data
+
+    def set_file_acl(self, block: int) -> None:
+        self.set("i_file_acl_lo", block & 0xFFFFFFFF)
+        self.set("l_i_file_acl_high", block >> 32)
+
+    def set_ibody(self, area: bytes) -> None:
+        """Replace the in-inode xattr area (everything after the extra fields)."""
+        start = INODE_BASE_SIZE + self.extra_isize
+        if len(area) != len(self.buf) - start:
+            raise ValueError("xattr area size mismatch")
+        self.buf[start:] = area
+
+    def finish(self, fs_seed: int | None, ino: int) -> bytes:
+        """The record with its checksum (``fs_seed`` under metadata_csum, else None)."""
+        if fs_seed is not None:
+            seed = inode_seed(fs_seed, ino, self.get("i_generation"))
+            crc = inode_checksum(seed, bytes(self.buf), self.extra_isize)
+            self.set("l_i_checksum_lo", crc & 0xFFFF)
+            if len(self.buf) > INODE_BASE_SIZE and self.extra_isize >= 4:
+                self.set("i_checksum_hi", crc >> 16)
+        return bytes(self.buf)

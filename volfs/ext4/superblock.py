@@ -18,7 +18,8 @@ from volfs.ext4.checksum import crc32c_raw
 import errno
 
 __all__ = ["SUPERBLOCK", "Superblock", "parse_superblock", "feature_names", "COMPAT", "INCOMPAT",
-           "RO_COMPAT", "check_features", "SUPERBLOCK_OFFSET", "EXT4_MAGIC"]
+           "RO_COMPAT", "check_features", "SUPERBLOCK_OFFSET", "EXT4_MAGIC", "write_blockers",
+           "update_superblock", "superblock_checksum", "EXT4_VALID_FS", "EXT4_ERROR_FS"]
 
 SUPERBLOCK_OFFSET: Final = 1024
 EXT4_MAGIC: Final = 0xEF53
@@ -105,6 +106,15 @@ RO_COMPAT_METADATA_CSUM: Final = 0x400
 RO_COMPAT_BIGALLOC: Final = 0x200
 RO_COMPAT_ORPHAN_PRESENT: Final = 0x10000
 FLAGS_UNSIGNED_HASH: Final = 0x2
+EXT4_VALID_FS: Final = 0x1
+EXT4_ERROR_FS: Final = 0x2
+
+# What the write side implements (see write_blockers).  needs_recovery is
+# allowed: the journal is replayed onto the disk before the first write.
+WRITABLE_COMPAT: Final = 0x4 | 0x8 | 0x10 | 0x20  # has_journal ext_attr resize_inode dir_index
+WRITABLE_INCOMPAT: Final = 0x2 | 0x4 | 0x40 | 0x80 | 0x200 | 0x2000  # filetype recover extent 64bit flex_bg csum_seed
+# sparse_super large_file huge_file uninit_bg dir_nlink extra_isize metadata_csum
+WRITABLE_RO_COMPAT: Final = 0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x400
 
 
 def feature_names(word: int, table: dict[int, str], prefix: str) -> list[str]:
@@ -262,3 +272,40 @@ def check_features(sb: Superblock, path: str | None = None) -> None:
     if unknown:
         names = ", ".join(feature_names(unknown, INCOMPAT, "I"))
         raise error(errno.EOPNOTSUPP, f"unsupported incompat feature(s): {names}", path)
+
+
+def write_blockers(sb: Superblock) -> list[str]:
+    """Why the write side must not write this image (empty: it may).
+
+    A whitelist: every feature bit outside the implemented sets is named.
+    """
+    out = [f"feature {n} is not supported for writing"
+           for n in feature_names(sb.compat & ~WRITABLE_COMPAT, COMPAT, "C")
+           + feature_names(sb.incompat & ~WRITABLE_INCOMPAT, INCOMPAT, "I")
+           + feature_names(sb.ro_compat & ~WRITABLE_RO_COMPAT, RO_COMPAT, "R")]
+    if not sb.incompat & INCOMPAT_EXTENTS:
+        out.append("no extent feature (ext2/ext3 block-mapped files are not written)")
+    if not sb.incompat & INCOMPAT_FILETYPE:
+        out.append("no filetype feature")
+    if sb.record.u("s_rev_level") < 1:
+        out.append("revision 0 superblock")
+    if sb.cluster_size != sb.block_size:
+        out.append("clusters larger than blocks")
+    if sb.record.u("s_snapshot_inum") or sb.record.u("s_journal_dev") or (
+            sb.has_compat(COMPAT_HAS_JOURNAL) and not sb.journal_inum):
+        out.append("external journal or snapshot")
+    return out
+
+
+def update_superblock(raw: bytes, values: dict[str, int]) -> bytes:
+    """The 1024-byte superblock ``raw`` with integer ``values`` set and s_checksum refreshed."""
+    import struct as _s
+
+    buf = bytearray(raw[: SUPERBLOCK.size])
+    for name, value in values.items():
+        code = dict(SUPERBLOCK.fields)[name]
+        _s.pack_into("<" + code, buf, SUPERBLOCK.offsets[name], value)
+    ro_compat = _s.unpack_from("<I", buf, SUPERBLOCK.offsets["s_feature_ro_compat"])[0]
+    if ro_compat & RO_COMPAT_METADATA_CSUM:
+        _s.pack_into("<I", buf, SUPERBLOCK.offsets["s_checksum"], superblock_checksum(bytes(buf)))
+    return bytes(buf)

@@ -1,0 +1,1255 @@
+"""The write side: every mutation of the engine, as atomic operations.
+
+Theory of operation.  A :class:`Writer` belongs to one writable
+:class:`~volfs.ext4.filesystem.Filesystem`.  Each public method is one
+*operation*: it opens an undo scope in the running transaction, reads what
+it needs through the block cache (so it sees the operation's own changes),
+allocates through :class:`~volfs.ext4.alloc.Allocator`, and puts whole new
+blocks into the transaction.  If anything raises (ENOSPC, a corrupt
+structure) the scope is rolled back and every decoded cache dropped, so a
+failed operation leaves nothing half done.  Durability is the
+transaction's business: :meth:`commit` runs when the caller syncs, when
+enough blocks are dirty, and on close.
+
+*Opening for writing* first writes a replayed journal (the overlay the read
+side built) in place, resets the journal superblock and clears
+needs_recovery; then processes the orphan chain left by a crash (frees
+unlinked inodes, truncates the rest to i_size), and marks the superblock
+not clean (s_state without VALID; s_mnt_count, s_mtime).  Closing commits
+with VALID set, s_wtime and s_kbytes_written.  The error fields of the
+superblock are never touched (old microsandbox images keep a stray value at
+the s_error_count offset).
+
+*File mapping.*  A file's extent tree is read into a flat list of
+:class:`~volfs.ext4.extents.Extent`; a write or truncate edits the list
+(holes in the written range are allocated first, near the previous extent,
+so ENOSPC strikes before any byte moves; unwritten extents in the range
+become written; partial edge blocks are filled from the old data or
+zeros) and the tree is rebuilt (extents.py).  Data moves in one
+``pwrite`` per contiguous run.  ``i_blocks`` is recomputed from the list
+(data, tree blocks, xattr block).
+
+*Directories.*  New entries go into linear blocks: the first block with
+room (gaps included), else a new block at the end.  A per-directory name
+table (bounded LRU) is built on first change, making inserts and lookups
+O(1) in large linear directories.  An htree directory that gains an entry
+(or whose ".." changes) is first turned into a linear one: the index flag
+is cleared and the dx_root and index blocks are rewritten as ordinary leaf
+blocks ("." / ".." and empty entries with checksum tails), which e2fsck
+accepts and the kernel reads linearly; removing an entry from an htree
+leaf keeps the index (as the kernel does).
+
+*Orphans.*  An inode whose last link goes while a handle holds it (a pin)
+is put on the ``s_last_orphan`` chain (``i_dtime`` links, as the kernel
+does), so a crash before its release is recovered by the next writer,
+e2fsck or the kernel; the last release frees it and unchains it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from volfs.errors import CorruptError, error
+from volfs.ext4.alloc import Allocator
+from volfs.ext4.directory import (
+    empty_leaf,
+    first_dir_block,
+    insert_in_block,
+    is_dx_node_block,
+    leaf_slack,
+    mode_to_ft,
+    parse_dir_block,
+    rec_len_for,
+    remove_from_block,
+    set_entry_inode,
+    set_leaf_csum,
+)
+from volfs.ext4.extents import (
+    EXT4_EXT_MAGIC,
+    EXTENT_HEADER,
+    Extent,
+    build_extent_tree,
+    read_extents,
+    split_long,
+    tree_nodes_needed,
+)
+from volfs.ext4.inode import (
+    EXT4_CASEFOLD_FL,
+    EXT4_ENCRYPT_FL,
+    EXT4_EXTENTS_FL,
+    EXT4_INDEX_FL,
+    EXT4_INLINE_DATA_FL,
+    EXT4_VERITY_FL,
+    Inode,
+    InodeEditor,
+    encode_rdev,
+)
+from volfs.ext4.checksum import inode_seed
+from volfs.ext4.journal import JOURNAL_SUPERBLOCK
+from volfs.ext4.superblock import (
+    EXT4_VALID_FS,
+    INCOMPAT_RECOVER,
+    RO_COMPAT_METADATA_CSUM,
+    SUPERBLOCK_OFFSET,
+    update_superblock,
+)
+from volfs.ext4.transaction import Transaction
+from volfs.ext4.types import InodeNo
+from volfs.ext4.xattr import XATTR_ENTRY, XATTR_MAGIC, parse_ibody, split_name
+
+if TYPE_CHECKING:
+    from volfs.ext4.device import WritableBlockDevice
+    from volfs.ext4.filesystem import Filesystem
+
+__all__ = ["Writer", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "LINK_MAX"]
+
+RENAME_NOREPLACE: Final = 1
+RENAME_EXCHANGE: Final = 2
+LINK_MAX: Final = 65000  # EXT4_LINK_MAX
+_COMMIT_AT: Final = 2048  # dirty metadata blocks that trigger a commit between operations
+_MAX_FILE_BLOCKS: Final = (1 << 32) - 1  # logical blocks an extent tree can address
+_RO_COMPAT_DIR_NLINK: Final = 0x20
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass(slots=True)
+class _DirState:
+    """The name table of one linear directory being changed."""
+
+    names: dict[bytes, tuple[int, int, int, int]]  # name -> (logical block, offset, inode, file type)
+    slack: list[int]  # per logical block: the largest record a new entry could take
+
+
+class Writer:
+    __slots__ = ("fs", "txn", "alloc", "_dirs", "_depth", "_start_written", "_kbytes_base")
+
+    def __init__(self, fs: Filesystem) -> None:
+        from volfs.ext4.device import WritableBlockDevice
+
+        self.fs = fs
+        dev = fs.device
+        if not isinstance(dev, WritableBlockDevice):
+            raise error(errno.EROFS, "device is not writable", fs.path)
+        self.txn = Transaction(fs.cache, dev)
+        self.alloc = Allocator(fs)
+        self._dirs: OrderedDict[int, _DirState] = OrderedDict()
+        self._depth = 0
+        self._start_written = 0
+        self._kbytes_base = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def _dev(self) -> WritableBlockDevice:
+        return self.txn.device
+
+    def start(self) -> None:
+        fs = self.fs
+        if fs.recovered:
+            self._persist_recovery()
+        self._start_written = getattr(self._dev, "bytes_written", 0)
+        self._kbytes_base = fs.sb.record.u("s_kbytes_written")
+        now = time.time()
+        self._put_sb({"s_mnt_count": (fs.sb.record.u("s_mnt_count") + 1) & 0xFFFF,
+                      "s_mtime": int(now) & 0xFFFFFFFF, "s_mtime_hi": (int(now) >> 32) & 0xFF,
+                      "s_state": fs.sb.state & ~EXT4_VALID_FS})
+        if fs.sb.last_orphan:
+            with self.op():
+                self._process_orphans()
+        self.commit()
+
+    def _persist_recovery(self) -> None:
+        """Write the replayed journal in place, empty the journal, clear needs_recovery."""
+        fs = self.fs
+        cache = fs.cache
+        overlay = cache.overlay
+        cache.clear_overlay()
+        for block, data in overlay.items():
+            self.txn.put(block, data)
+        jino = fs.sb.journal_inum
+        jrec = fs.inode(jino)
+        phys = fs.runlist(jrec).map(0)
+        replay = fs.replay
+        if phys is None or replay is None:
+            raise CorruptError("journal", "journal superblock is not mapped", inode=jino)
+        jsb = bytearray(cache.read(phys, "journal superblock", jino))
+        seq_off = JOURNAL_SUPERBLOCK.offsets["s_sequence"]
+        start_off = JOURNAL_SUPERBLOCK.offsets["s_start"]
+        next_seq = max(replay.end_sequence, struct.unpack_from(">I", jsb, seq_off)[0])
+        struct.pack_into(">I", jsb, seq_off, next_seq & 0xFFFFFFFF)
+        struct.pack_into(">I", jsb, start_off, 0)
+        if struct.unpack_from(">I", jsb, JOURNAL_SUPERBLOCK.offsets["s_feature_incompat"])[0] & 0x18:
+            from volfs.ext4.checksum import crc32c_raw
+
+            off = JOURNAL_SUPERBLOCK.offsets["s_checksum"]
+            struct.pack_into(">I", jsb, off, crc32c_raw(0xFFFFFFFF, bytes(jsb[:off]) + b"\0\0\0\0"
+                                                        + bytes(jsb[off + 4 : 1024])))
+        self.txn.put(phys, jsb)
+        fs.forget_all()
+        fs.reload_superblock()
+        self._put_sb({"s_feature_incompat": fs.sb.incompat & ~INCOMPAT_RECOVER})
+        self.commit()
+        fs.recovered = False
+
+    def _put_sb(self, values: dict[str, int]) -> None:
+        fs = self.fs
+        bs = fs.sb.block_size
+        blk = SUPERBLOCK_OFFSET // bs
+        off = SUPERBLOCK_OFFSET % bs
+        data = bytearray(fs.cache.read(blk, "superblock"))
+        data[off : off + 1024] = update_superblock(bytes(data[off : off + 1024]), values)
+        self.txn.put(blk, data)
+        fs.reload_superblock()
+
+    def _totals(self) -> dict[str, int]:
+        fs = self.fs
+        fb = self.alloc.free_blocks_total()
+        fi = self.alloc.free_inodes_total()
+        written = getattr(self._dev, "bytes_written", 0) - self._start_written
+        sec = int(time.time())
+        return {"s_free_blocks_count_lo": fb & 0xFFFFFFFF,
+                "s_free_blocks_count_hi": (fb >> 32) if fs.sb.has_64bit else fs.sb.record.u("s_free_blocks_count_hi"),
+                "s_free_inodes_count": fi, "s_wtime": sec & 0xFFFFFFFF, "s_wtime_hi": (sec >> 32) & 0xFF,
+                "s_kbytes_written": self._kbytes_base + (written >> 10)}
+
+    def commit(self, clean: bool = False) -> None:
+        if self._depth:
+            raise RuntimeError("commit inside an operation")
+        values = self._totals()
+        if clean:
+            values["s_state"] = self.fs.sb.state | EXT4_VALID_FS
+        if self.txn.pending or clean or self.txn.data_dirty:
+            self._put_sb(values)
+        self.txn.commit()
+
+    def maybe_commit(self) -> None:
+        if not self._depth and self.txn.pending >= _COMMIT_AT:
+            self.commit()
+
+    def finish(self) -> None:
+        """Release every pinned orphan, commit, mark clean."""
+        fs = self.fs
+        for ino in list(fs._pins):
+            fs._pins.pop(ino, None)
+            self.release_orphan(InodeNo(ino))
+        self.commit(clean=True)
+
+    @contextmanager
+    def op(self) -> Iterator[None]:
+        """One atomic operation (see the module header)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        self.txn.begin()
+        try:
+            yield
+        except BaseException:
+            self.txn.abort()
+            self._dirs.clear()
+            self.fs.forget_all()
+            self.fs.reload_superblock()
+            raise
+        else:
+            self.txn.end()
+        finally:
+            self._depth = 0
+
+    # -- inodes ------------------------------------------------------------------
+
+    def _csum_seed(self) -> int | None:
+        return self.fs.fs_seed if self.fs.sb.metadata_csum else None
+
+    def _iseed(self, ino: int, generation: int) -> int | None:
+        if not self.fs.sb.metadata_csum:
+            return None
+        return inode_seed(self.fs.fs_seed, ino, generation)
+
+    def editor(self, ino: int) -> InodeEditor:
+        return InodeEditor(self.fs.inode(ino).raw)
+
+    def store(self, ino: int, ed: InodeEditor) -> None:
+        fs = self.fs
+        _g, blk, off = fs.inode_location(ino)
+        data = bytearray(self.txn.read(blk, "inode table", ino))
+        data[off : off + fs.sb.inode_size] = ed.finish(self._csum_seed(), ino)
+        self.txn.put(blk, data)
+        fs.forget_inode(ino)
+
+    def _writable_inode(self, rec: Inode) -> None:
+        if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL | EXT4_INLINE_DATA_FL):
+            raise error(errno.EROFS, f"inode {rec.ino} uses a feature the write side does not change "
+                        "(encrypted, verity, casefolded or inline data)")
+
+    def _new_inode(self, parent: int, mode: int, uid: int, gid: int, now: int) -> tuple[InodeNo, InodeEditor]:
+        fs = self.fs
+        ino = self.alloc.alloc_inode(parent, stat.S_ISDIR(mode))
+        ed = InodeEditor.new(fs.sb.inode_size, fs.sb.record.u("s_want_extra_isize"))
+        ed.set("i_mode", mode)
+        ed.set_uid(uid)
+        ed.set_gid(gid)
+        for which in ("a", "m", "c", "cr"):
+            ed.set_time(which, now)
+        ed.set("i_generation", secrets.randbits(32))
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+            ed.set("i_flags", EXT4_EXTENTS_FL)
+            ed.set_i_block(_empty_extent_root())
+        return ino, ed
+
+    def _touch(self, ed: InodeEditor, now: int, mtime: bool = True) -> None:
+        if mtime:
+            ed.set_time("m", now)
+        ed.set_time("c", now)
+
+    # -- mapping -------------------------------------------------------------------
+
+    def _extents(self, rec: Inode) -> tuple[list[Extent], list[int]]:
+        fs = self.fs
+        if not rec.flags & EXT4_EXTENTS_FL:
+            if rec.blocks_512 == 0 and rec.size == 0 and not any(rec.i_block):
+                return [], []
+            raise error(errno.EROFS, f"inode {rec.ino} is block-mapped (ext2/ext3 style); not written")
+        return read_extents(rec.ino, rec.i_block, lambda b: fs.cache.read(b, "extent tree", rec.ino),
+                            fs.sb.block_size, fs.sb.blocks_count, self._iseed(rec.ino, rec.generation))
+
+    def _set_extents(self, ino: int, ed: InodeEditor, extents: list[Extent], nodes: list[int]) -> None:
+        """Rebuild the tree of ``ino`` for ``extents``; reuses, allocates or frees node blocks."""
+        fs = self.fs
+        bs = fs.sb.block_size
+        flat: list[Extent] = []
+        for e in _merge(extents):
+            flat.extend(split_long(e))
+        need = tree_nodes_needed(len(flat), bs)
+        nodes = list(nodes)
+        if need > len(nodes):
+            goal = nodes[-1] + 1 if nodes else (flat[0].physical if flat else 0)
+            for start, n in self.alloc.alloc_blocks(goal, need - len(nodes)):
+                nodes.extend(range(start, start + n))
+        elif need < len(nodes):
+            for b in nodes[need:]:
+                self.alloc.free_blocks(b, 1)
+            nodes = nodes[:need]
+        root, blocks = build_extent_tree(flat, nodes, bs, self._iseed(ino, ed.get("i_generation")))
+        for b, data in blocks.items():
+            if fs.cache.read(b, "extent tree", ino) != data:
+                self.txn.put(b, data)
+        ed.set("i_flags", ed.get("i_flags") | EXT4_EXTENTS_FL)
+        ed.set_i_block(root)
+        data_blocks = sum(e.length for e in flat)
+        acl = 1 if (ed.get("i_file_acl_lo") or ed.get("l_i_file_acl_high")) else 0
+        ed.set_blocks((data_blocks + len(nodes) + acl) * (bs // 512))
+
+    def _goal(self, ino: int, extents: list[Extent], lblock: int) -> int:
+        prev = None
+        for e in extents:
+            if e.logical <= lblock:
+                prev = e
+            else:
+                break
+        if prev is not None:
+            return prev.physical + (lblock - prev.logical)
+        if extents:
+            nxt = extents[0]
+            return max(nxt.physical - (nxt.logical - lblock), 0)
+        fs = self.fs
+        g = (ino - 1) // fs.sb.inodes_per_group
+        return fs.sb.first_data_block + g * fs.sb.blocks_per_group
+
+    def _read_block_for_fill(self, rec_size: int, lblock: int, phys: int | None) -> bytes:
+        bs = self.fs.sb.block_size
+        if phys is None:
+            return bytes(bs)
+        data = self.fs.cache.read_run(phys, 1)
+        valid = rec_size - lblock * bs
+        if valid < bs:
+            data = data[: max(valid, 0)] + bytes(bs - max(valid, 0))
+        return data
+
+    def write_data(self, ino: int, offset: int, data: bytes | bytearray | memoryview, *,
+                   dir_ok: bool = False) -> int:
+        """Write ``data`` at ``offset`` of regular file ``ino`` (see the module header)."""
+        fs = self.fs
+        n = len(data)
+        with self.op():
+            rec = fs.inode(ino)
+            if not (rec.is_reg or (dir_ok and (rec.is_dir or rec.is_symlink))):
+                raise error(errno.EINVAL, f"inode {ino} is not a regular file")
+            self._writable_inode(rec)
+            ed = InodeEditor(rec.raw)
+            now = _now_ns()
+            if n == 0:
+                return 0
+            bs = fs.sb.block_size
+            end = offset + n
+            first, last = offset // bs, (end - 1) // bs
+            if last > _MAX_FILE_BLOCKS - 1:
+                raise error(errno.EFBIG, "write beyond the largest ext4 file")
+            extents, nodes = self._extents(rec)
+            before, inside, after = _cut(extents, first, last + 1)
+            # Segments of [first, last]: existing extents, and holes to allocate.
+            segs: list[Extent] = []
+            pos = first
+            hole_total = 0
+            for e in inside:
+                if e.logical > pos:
+                    hole_total += e.logical - pos
+                pos = e.end
+            if last + 1 > pos:
+                hole_total += last + 1 - pos
+            new_runs: list[tuple[int, int]] = []
+            if hole_total:
+                new_runs = self.alloc.alloc_blocks(self._goal(ino, extents, first), hole_total)
+            run_iter = _RunFeeder(new_runs)
+            pos = first
+            old_unwritten: dict[int, bool] = {}
+            for e in inside:
+                if e.logical > pos:
+                    segs.extend(run_iter.take(pos, e.logical - pos))
+                segs.append(Extent(e.logical, e.length, e.physical, False))
+                old_unwritten[e.logical] = e.unwritten
+                pos = e.end
+            if last + 1 > pos:
+                segs.extend(run_iter.take(pos, last + 1 - pos))
+            # Data: one pwrite per segment, edge blocks completed from the old contents or zeros.
+            mv = memoryview(data).cast("B")
+            head = offset - first * bs
+            tail_end = end - last * bs  # bytes of the last block covered by the write
+            for s in segs:
+                fresh = old_unwritten.get(s.logical, True)
+                parts: list[bytes | memoryview] = []
+                if s.logical == first and head:
+                    old = self._read_block_for_fill(rec.size, first, None if fresh else s.physical)
+                    parts.append(old[:head])
+                lo_byte = max(offset, s.logical * bs)
+                hi_byte = min(end, s.end * bs)
+                parts.append(mv[lo_byte - offset : hi_byte - offset])
+                if s.end - 1 == last and tail_end < bs:
+                    old = self._read_block_for_fill(rec.size, last, None if fresh else s.physical + last - s.logical)
+                    parts.append(old[tail_end:])
+                self.txn.write_data(s.physical, parts[0] if len(parts) == 1 else b"".join(parts))
+            self._set_extents(ino, ed, before + segs + after, nodes)
+            if end > rec.size:
+                ed.set_size(end)
+            self._touch(ed, now)
+            self.store(ino, ed)
+        self.maybe_commit()
+        return n
+
+    def truncate(self, ino: int, size: int) -> None:
+        fs = self.fs
+        with self.op():
+            rec = fs.inode(ino)
+            if rec.is_dir:
+                raise error(errno.EISDIR, "is a directory")
+            if not rec.is_reg:
+                raise error(errno.EINVAL, "not a regular file")
+            self._writable_inode(rec)
+            bs = fs.sb.block_size
+            if size < 0:
+                raise error(errno.EINVAL, "negative size")
+            if (size + bs - 1) // bs > _MAX_FILE_BLOCKS:
+                raise error(errno.EFBIG, "size beyond the largest ext4 file")
+            ed = InodeEditor(rec.raw)
+            self._truncate_blocks(rec, ed, size)
+            ed.set_size(size)
+            self._touch(ed, _now_ns())
+            self.store(ino, ed)
+        self.maybe_commit()
+
+    def _truncate_blocks(self, rec: Inode, ed: InodeEditor, size: int) -> None:
+        bs = self.fs.sb.block_size
+        if size >= rec.size:
+            return
+        keep = (size + bs - 1) // bs
+        extents, nodes = self._extents(rec)
+        before, dropped, _ = _cut(extents, keep, _MAX_FILE_BLOCKS + 1)
+        for e in dropped:
+            self.alloc.free_blocks(e.physical, e.length)
+        if size % bs:
+            lb = size // bs
+            for e in before:
+                if e.logical <= lb < e.end and not e.unwritten:
+                    phys = e.physical + lb - e.logical
+                    old = self.fs.cache.read_run(phys, 1)
+                    self.txn.write_data(phys, old[: size % bs] + bytes(bs - size % bs))
+        if dropped or nodes:
+            self._set_extents(rec.ino, ed, before, nodes)
+
+    def _free_all(self, rec: Inode) -> None:
+        """Free an inode with no links left: its blocks, its xattr block, the inode itself."""
+        ed = InodeEditor(rec.raw)
+        if rec.is_reg or rec.is_dir or (rec.is_symlink and rec.flags & EXT4_EXTENTS_FL):
+            extents, nodes = self._extents(rec)
+            for e in extents:
+                self.alloc.free_blocks(e.physical, e.length)
+            for b in nodes:
+                self.alloc.free_blocks(b, 1)
+            if rec.flags & EXT4_EXTENTS_FL:
+                ed.set_i_block(_empty_extent_root())
+        if rec.file_acl:
+            self._drop_xattr_block(rec.ino, rec.file_acl)
+            ed.set_file_acl(0)
+        ed.set_blocks(0)
+        ed.set_size(0)
+        ed.set("i_links_count", 0)
+        ed.set("i_dtime", int(time.time()) & 0xFFFFFFFF)
+        self.store(rec.ino, ed)
+        self.alloc.free_inode(rec.ino, rec.is_dir)
+        self._dirs.pop(rec.ino, None)
+
+    def _drop_xattr_block(self, ino: int, block: int) -> None:
+        data = bytearray(self.txn.read(block, "xattr block", ino))
+        refcount = struct.unpack_from("<I", data, 4)[0]
+        if refcount <= 1:
+            self.alloc.free_blocks(block, 1)
+            return
+        struct.pack_into("<I", data, 4, refcount - 1)
+        if self.fs.sb.metadata_csum:
+            from volfs.ext4.xattr import xattr_block_checksum
+
+            struct.pack_into("<I", data, 16, xattr_block_checksum(self.fs.fs_seed, block, bytes(data)))
+        self.txn.put(block, data)
+
+    # -- orphans -------------------------------------------------------------------------
+
+    def _orphan_add(self, ino: int, ed: InodeEditor) -> None:
+        ed.set("i_dtime", self.fs.sb.last_orphan)
+        self._put_sb({"s_last_orphan": ino})
+
+    def _orphan_remove(self, ino: int) -> None:
+        fs = self.fs
+        nxt = fs.inode(ino).dtime
+        if fs.sb.last_orphan == ino:
+            self._put_sb({"s_last_orphan": nxt})
+            return
+        cur = fs.sb.last_orphan
+        seen = 0
+        while cur and seen <= fs.sb.inodes_count:
+            rec = fs.inode(cur)
+            if rec.dtime == ino:
+                ed = InodeEditor(rec.raw)
+                ed.set("i_dtime", nxt)
+                self.store(cur, ed)
+                return
+            cur = rec.dtime
+            seen += 1
+
+    def release_orphan(self, ino: InodeNo) -> None:
+        """The last handle on ``ino`` went: free it if it has no links left."""
+        fs = self.fs
+        try:
+            rec = fs.inode(ino)
+        except CorruptError:
+            return
+        if rec.links_count != 0 or rec.mode == 0:
+            return
+        with self.op():
+            self._orphan_remove(ino)
+            self._free_all(fs.inode(ino))
+        self.maybe_commit()
+
+    def _process_orphans(self) -> None:
+        fs = self.fs
+        from volfs.ext4.orphan import walk_orphan_chain
+
+        chain = walk_orphan_chain(fs.sb.last_orphan, fs.sb.inodes_count, lambda i: fs.inode(i).dtime)
+        self._put_sb({"s_last_orphan": 0})
+        for ino in chain:
+            rec = fs.inode(ino)
+            ed = InodeEditor(rec.raw)
+            ed.set("i_dtime", 0)
+            self.store(ino, ed)
+            rec = fs.inode(ino)
+            if rec.links_count == 0:
+                self._free_all(rec)
+            elif rec.is_reg:
+                ed = InodeEditor(rec.raw)
+                self._truncate_blocks(rec, ed, rec.size)
+                self.store(ino, ed)
+
+    # -- directories -----------------------------------------------------------------------
+
+    def _dir_rec(self, ino: int) -> Inode:
+        rec = self.fs._dir(ino)
+        self._writable_inode(rec)
+        return rec
+
+    def _dir_state(self, rec: Inode) -> _DirState:
+        st = self._dirs.get(rec.ino)
+        if st is not None:
+            self._dirs.move_to_end(rec.ino)
+            return st
+        if rec.flags & EXT4_INDEX_FL:
+            self._unindex(rec)
+            rec = self.fs.inode(rec.ino)
+        fs = self.fs
+        bs = fs.sb.block_size
+        csum = fs.sb.metadata_csum
+        seed = self._iseed(rec.ino, rec.generation)
+        nblocks = (rec.size + bs - 1) // bs
+        names: dict[bytes, tuple[int, int, int, int]] = {}
+        slack = [0] * nblocks
+        rl = fs.runlist(rec)
+        for lb in range(nblocks):
+            pb = rl.map(lb)
+            if pb is None:
+                continue
+            data = fs.cache.read(pb, "directory block", rec.ino)
+            for e in parse_dir_block(data, ino=rec.ino, block=pb, base=0, has_filetype=True,
+                                     inodes_count=fs.sb.inodes_count, csum_seed=seed, block_size=bs):
+                names[e.name] = (lb, e.offset, e.ino, e.file_type)
+            slack[lb] = leaf_slack(data, bs, csum)
+        st = _DirState(names, slack)
+        self._dirs[rec.ino] = st
+        if len(self._dirs) > 64:
+            self._dirs.popitem(last=False)
+        return st
+
+    def cached_lookup(self, rec: Inode, name: bytes) -> InodeNo | None:
+        st = self._dirs.get(rec.ino)
+        if st is None:
+            return None
+        hit = st.names.get(name)
+        if hit is None:
+            raise error(errno.ENOENT, f"no entry {name!r} in directory {rec.ino}")
+        return InodeNo(hit[2])
+
+    def _unindex(self, rec: Inode) -> None:
+        """Turn an htree directory into a linear one (see the module header)."""
+        fs = self.fs
+        bs = fs.sb.block_size
+        csum = fs.sb.metadata_csum
+        seed = self._iseed(rec.ino, rec.generation)
+        rl = fs.runlist(rec)
+        nblocks = (rec.size + bs - 1) // bs
+        for lb in range(nblocks):
+            pb = rl.map(lb)
+            if pb is None:
+                continue
+            data = fs.cache.read(pb, "directory block", rec.ino)
+            if lb == 0:
+                parent = struct.unpack_from("<I", data, 12)[0]
+                self.txn.put(pb, first_dir_block(rec.ino, parent, bs, seed, csum))
+            elif is_dx_node_block(data, bs):
+                self.txn.put(pb, empty_leaf(bs, seed, csum))
+        ed = InodeEditor(rec.raw)
+        ed.set("i_flags", ed.get("i_flags") & ~EXT4_INDEX_FL)
+        self.store(rec.ino, ed)
+
+    def _dir_block(self, rec: Inode, lb: int) -> tuple[int, bytearray]:
+        pb = self.fs.runlist(rec).map(lb)
+        if pb is None:
+            raise CorruptError("directory", f"logical block {lb} is a hole", inode=rec.ino)
+        return pb, bytearray(self.fs.cache.read(pb, "directory block", rec.ino))
+
+    def _find(self, rec: Inode, name: bytes) -> tuple[int, int, int, int] | None:
+        """(logical block, offset in block, inode, file type) of ``name``."""
+        st = self._dirs.get(rec.ino)
+        if st is not None:
+            return st.names.get(name)
+        if rec.flags & EXT4_INDEX_FL:
+            fs = self.fs
+            found = None
+            if fs._is_dx(rec):
+                try:
+                    found = fs._dx_find(rec, name)
+                except CorruptError as exc:
+                    if exc.structure != "htree":
+                        raise
+                    found = fs._linear_find(rec, name)
+            else:
+                found = fs._linear_find(rec, name)
+            if found is None:
+                return None
+            bs = fs.sb.block_size
+            return found.offset // bs, found.offset % bs, found.ino, found.file_type
+        st = self._dir_state(rec)
+        return st.names.get(name)
+
+    def _add_entry(self, dir_ino: int, name: bytes, ino: int, ft: int) -> None:
+        fs = self.fs
+        rec = self._dir_rec(dir_ino)
+        st = self._dir_state(rec)
+        rec = fs.inode(dir_ino)
+        if name in st.names:
+            raise error(errno.EEXIST, f"{name!r} exists")
+        bs = fs.sb.block_size
+        csum = fs.sb.metadata_csum
+        seed = self._iseed(rec.ino, rec.generation)
+        need = rec_len_for(len(name))
+        target = -1
+        n = len(st.slack)
+        if n and st.slack[-1] >= need:
+            target = n - 1
+        else:
+            for lb, free in enumerate(st.slack):
+                if free >= need:
+                    target = lb
+                    break
+        if target >= 0:
+            pb, buf = self._dir_block(rec, target)
+            pos = insert_in_block(buf, name, ino, ft, bs, csum)
+            if pos is None:
+                raise CorruptError("directory", "free-space table out of date", inode=dir_ino)
+        else:
+            extents, nodes = self._extents(rec)
+            target = n
+            (pb, _), = self.alloc.alloc_blocks(self._goal(dir_ino, extents, target), 1)
+            buf = empty_leaf(bs, seed, csum)
+            pos = insert_in_block(buf, name, ino, ft, bs, csum)
+            if pos is None:
+                raise CorruptError("directory", "entry does not fit an empty block", inode=dir_ino)
+            ed = InodeEditor(rec.raw)
+            self._set_extents(dir_ino, ed, extents + [Extent(target, 1, pb)], nodes)
+            ed.set_size((target + 1) * bs)
+            self.store(dir_ino, ed)
+            st.slack.append(0)
+        set_leaf_csum(buf, seed)
+        self.txn.put(pb, buf)
+        st.names[name] = (target, pos, ino, ft)
+        st.slack[target] = leaf_slack(buf, bs, csum)
+
+    def _remove_entry(self, dir_ino: int, name: bytes) -> tuple[int, int]:
+        """Remove ``name``; its (inode, file type)."""
+        fs = self.fs
+        rec = self._dir_rec(dir_ino)
+        hit = self._find(rec, name)
+        if hit is None:
+            raise error(errno.ENOENT, f"no entry {name!r}")
+        rec = fs.inode(dir_ino)
+        lb, pos, ino, ft = hit
+        bs = fs.sb.block_size
+        csum = fs.sb.metadata_csum
+        pb, buf = self._dir_block(rec, lb)
+        remove_from_block(buf, pos, bs, csum)
+        set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
+        self.txn.put(pb, buf)
+        st = self._dirs.get(dir_ino)
+        if st is not None:
+            del st.names[name]
+            st.slack[lb] = leaf_slack(buf, bs, csum)
+        return ino, ft
+
+    def _retarget_entry(self, dir_ino: int, name: bytes, ino: int, ft: int) -> None:
+        fs = self.fs
+        rec = self._dir_rec(dir_ino)
+        hit = self._find(rec, name)
+        if hit is None:
+            raise error(errno.ENOENT, f"no entry {name!r}")
+        rec = fs.inode(dir_ino)
+        lb, pos, _old, _ft = hit
+        pb, buf = self._dir_block(rec, lb)
+        set_entry_inode(buf, pos, ino, ft)
+        set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
+        self.txn.put(pb, buf)
+        st = self._dirs.get(dir_ino)
+        if st is not None:
+            st.names[name] = (lb, pos, ino, ft)
+
+    def _set_dotdot(self, dir_ino: int, parent: int) -> None:
+        rec = self.fs.inode(dir_ino)
+        if rec.flags & EXT4_INDEX_FL:
+            self._unindex(rec)
+            rec = self.fs.inode(dir_ino)
+        pb, buf = self._dir_block(rec, 0)
+        if buf[20:22] != b".." or buf[18] != 2:
+            raise CorruptError("directory", "'..' is not the second entry", inode=dir_ino)
+        set_entry_inode(buf, 12, parent, 2)
+        set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
+        self.txn.put(pb, buf)
+
+    def _is_empty_dir(self, rec: Inode) -> bool:
+        return all(e.name in (b".", b"..") for e in self.fs.readdir(rec.ino))
+
+    # -- link counts -------------------------------------------------------------------------
+
+    def _inc_dir_links(self, ed: InodeEditor) -> None:
+        n = ed.get("i_links_count")
+        if n == 1:
+            return  # already "many" (dir_nlink)
+        if n + 1 > LINK_MAX:
+            if not self.fs.sb.has_ro_compat(_RO_COMPAT_DIR_NLINK):
+                raise error(errno.EMLINK, "too many subdirectories")
+            ed.set("i_links_count", 1)
+            return
+        ed.set("i_links_count", n + 1)
+
+    @staticmethod
+    def _dec_dir_links(ed: InodeEditor) -> None:
+        n = ed.get("i_links_count")
+        if n > 2:
+            ed.set("i_links_count", n - 1)
+
+    def _check_parent(self, parent: int, name: bytes) -> Inode:
+        rec = self._dir_rec(parent)
+        if self._find(rec, name) is not None:
+            raise error(errno.EEXIST, f"{name!r} exists")
+        return self.fs.inode(parent)
+
+    # -- creating ------------------------------------------------------------------------------
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> InodeNo:
+        """A new regular file, device, FIFO or socket ``name`` in ``parent``."""
+        fmt = stat.S_IFMT(mode) or stat.S_IFREG
+        if fmt not in (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            raise error(errno.EINVAL, "bad file type for create/mknod")
+        with self.op():
+            self._check_parent(parent, name)
+            now = _now_ns()
+            ino, ed = self._new_inode(parent, fmt | (mode & 0o7777), uid, gid, now)
+            if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+                ed.set_i_block(encode_rdev(rdev))
+            ed.set("i_links_count", 1)
+            self.store(ino, ed)
+            self._add_entry(parent, name, ino, mode_to_ft(fmt))
+            self._touch_dir(parent, now)
+        self.maybe_commit()
+        return ino
+
+    def _touch_dir(self, ino: int, now: int, links: int = 0) -> None:
+        ed = self.editor(ino)
+        if links > 0:
+            self._inc_dir_links(ed)
+        elif links < 0:
+            self._dec_dir_links(ed)
+        self._touch(ed, now)
+        self.store(ino, ed)
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> InodeNo:
+        fs = self.fs
+        with self.op():
+            prec = self._check_parent(parent, name)
+            if prec.links_count >= LINK_MAX and not fs.sb.has_ro_compat(_RO_COMPAT_DIR_NLINK):
+                raise error(errno.EMLINK, "too many subdirectories")
+            now = _now_ns()
+            ino, ed = self._new_inode(parent, stat.S_IFDIR | (mode & 0o7777), uid, gid, now)
+            bs = fs.sb.block_size
+            (pb, _), = self.alloc.alloc_blocks(self._goal(ino, [], 0), 1)
+            seed = self._iseed(ino, ed.get("i_generation"))
+            self.txn.put(pb, first_dir_block(ino, parent, bs, seed, fs.sb.metadata_csum))
+            ed.set("i_links_count", 2)
+            self._set_extents(ino, ed, [Extent(0, 1, pb)], [])
+            ed.set_size(bs)
+            self.store(ino, ed)
+            self._add_entry(parent, name, ino, 2)
+            self._touch_dir(parent, now, links=1)
+        self.maybe_commit()
+        return ino
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> InodeNo:
+        fs = self.fs
+        if not target:
+            raise error(errno.EINVAL, "empty symlink target")
+        if len(target) >= 4096:
+            raise error(errno.ENAMETOOLONG, "symlink target too long")
+        with self.op():
+            self._check_parent(parent, name)
+            now = _now_ns()
+            ino, ed = self._new_inode(parent, stat.S_IFLNK | 0o777, uid, gid, now)
+            ed.set("i_links_count", 1)
+            if len(target) < 60:
+                ed.set("i_flags", 0)
+                ed.set_i_block(target + bytes(60 - len(target)))
+                ed.set_size(len(target))
+                self.store(ino, ed)
+            else:
+                self.store(ino, ed)
+                self.write_data(ino, 0, target, dir_ok=True)
+            self._add_entry(parent, name, ino, 7)
+            self._touch_dir(parent, now)
+        self.maybe_commit()
+        return ino
+
+    def link(self, ino: int, parent: int, name: bytes) -> None:
+        fs = self.fs
+        with self.op():
+            rec = fs._live(ino)
+            if rec.is_dir:
+                raise error(errno.EPERM, "hard link to a directory")
+            self._writable_inode(rec)
+            if rec.links_count >= LINK_MAX:
+                raise error(errno.EMLINK, "too many links")
+            self._check_parent(parent, name)
+            now = _now_ns()
+            ed = InodeEditor(rec.raw)
+            if rec.links_count == 0:
+                self._orphan_remove(ino)
+                ed = InodeEditor(fs.inode(ino).raw)
+                ed.set("i_dtime", 0)
+            ed.set("i_links_count", rec.links_count + 1)
+            self._touch(ed, now, mtime=False)
+            self.store(ino, ed)
+            self._add_entry(parent, name, ino, mode_to_ft(rec.mode))
+            self._touch_dir(parent, now)
+        self.maybe_commit()
+
+    # -- removing ----------------------------------------------------------------------------------
+
+    def _drop_link(self, ino: int, now: int) -> None:
+        """One link fewer for a non-directory; free or orphan it at zero."""
+        fs = self.fs
+        rec = fs.inode(ino)
+        ed = InodeEditor(rec.raw)
+        n = max(rec.links_count - 1, 0)
+        ed.set("i_links_count", n)
+        self._touch(ed, now, mtime=False)
+        if n == 0 and fs.pinned(ino):
+            self._orphan_add(ino, ed)
+        self.store(ino, ed)
+        if n == 0 and not fs.pinned(ino):
+            self._free_all(fs.inode(ino))
+
+    def _drop_dir(self, ino: int) -> None:
+        fs = self.fs
+        rec = fs.inode(ino)
+        ed = InodeEditor(rec.raw)
+        ed.set("i_links_count", 0)
+        self.store(ino, ed)
+        if fs.pinned(ino):
+            ed = InodeEditor(fs.inode(ino).raw)
+            self._orphan_add(ino, ed)
+            self.store(ino, ed)
+        else:
+            self._free_all(fs.inode(ino))
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        fs = self.fs
+        with self.op():
+            rec = self._dir_rec(parent)
+            hit = self._find(rec, name)
+            if hit is None:
+                raise error(errno.ENOENT, f"no entry {name!r}")
+            target = fs.inode(hit[2])
+            if target.is_dir:
+                raise error(errno.EISDIR, "is a directory")
+            self._writable_inode(target)
+            now = _now_ns()
+            self._remove_entry(parent, name)
+            self._touch_dir(parent, now)
+            self._drop_link(target.ino, now)
+        self.maybe_commit()
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        fs = self.fs
+        with self.op():
+            rec = self._dir_rec(parent)
+            hit = self._find(rec, name)
+            if hit is None:
+                raise error(errno.ENOENT, f"no entry {name!r}")
+            target = fs.inode(hit[2])
+            if not target.is_dir:
+                raise error(errno.ENOTDIR, "not a directory")
+            self._writable_inode(target)
+            if not self._is_empty_dir(target):
+                raise error(errno.ENOTEMPTY, "directory not empty")
+            now = _now_ns()
+            self._remove_entry(parent, name)
+            self._touch_dir(parent, now, links=-1)
+            self._drop_dir(target.ino)
+        self.maybe_commit()
+
+    # -- rename ------------------------------------------------------------------------------------
+
+    def _is_ancestor(self, anc: int, ino: int) -> bool:
+        """Whether directory ``anc`` is ``ino`` or one of its ancestors."""
+        cur = ino
+        for _ in range(self.fs.sb.inodes_count):
+            if cur == anc:
+                return True
+            if cur == 2:
+                return False
+            nxt = self.fs.lookup_ino(cur, b"..")
+            if nxt == cur:
+                return False
+            cur = nxt
+        raise CorruptError("directory", "'..' chain does not reach the root")
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0) -> None:
+        fs = self.fs
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or (
+                flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE):
+            raise error(errno.EINVAL, "invalid rename flags")
+        with self.op():
+            op_rec = self._dir_rec(old_parent)
+            np_rec = self._dir_rec(new_parent)
+            src = self._find(op_rec, old_name)
+            if src is None:
+                raise error(errno.ENOENT, f"no entry {old_name!r}")
+            dst = self._find(np_rec, new_name)
+            s_rec = fs.inode(src[2])
+            self._writable_inode(s_rec)
+            now = _now_ns()
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise error(errno.ENOENT, f"no entry {new_name!r}")
+                d_rec = fs.inode(dst[2])
+                if s_rec.ino == d_rec.ino:
+                    return
+                if old_parent != new_parent:
+                    if s_rec.is_dir and self._is_ancestor(s_rec.ino, new_parent):
+                        raise error(errno.EINVAL, "directory into its own subtree")
+                    if d_rec.is_dir and self._is_ancestor(d_rec.ino, old_parent):
+                        raise error(errno.EINVAL, "directory into its own subtree")
+                self._retarget_entry(old_parent, old_name, d_rec.ino, mode_to_ft(d_rec.mode))
+                self._retarget_entry(new_parent, new_name, s_rec.ino, mode_to_ft(s_rec.mode))
+                if old_parent != new_parent:
+                    if s_rec.is_dir:
+                        self._set_dotdot(s_rec.ino, new_parent)
+                    if d_rec.is_dir:
+                        self._set_dotdot(d_rec.ino, old_parent)
+                    delta = int(s_rec.is_dir) - int(d_rec.is_dir)
+                    self._touch_dir(old_parent, now, links=-delta)
+                    self._touch_dir(new_parent, now, links=delta)
+                else:
+                    self._touch_dir(old_parent, now)
+                for r in (s_rec, d_rec):
+                    ed = self.editor(r.ino)
+                    self._touch(ed, now, mtime=False)
+                    self.store(r.ino, ed)
+                return
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise error(errno.EEXIST, f"{new_name!r} exists")
+                d_rec = fs.inode(dst[2])
+                if d_rec.ino == s_rec.ino:
+                    return
+                if s_rec.is_dir and not d_rec.is_dir:
+                    raise error(errno.ENOTDIR, "directory onto a non-directory")
+                if not s_rec.is_dir and d_rec.is_dir:
+                    raise error(errno.EISDIR, "non-directory onto a directory")
+                if d_rec.is_dir and not self._is_empty_dir(d_rec):
+                    raise error(errno.ENOTEMPTY, "target directory not empty")
+                self._writable_inode(d_rec)
+            if s_rec.is_dir and old_parent != new_parent and self._is_ancestor(s_rec.ino, new_parent):
+                raise error(errno.EINVAL, "directory into its own subtree")
+            if s_rec.is_dir and old_parent != new_parent and dst is None:
+                if np_rec.links_count >= LINK_MAX and not fs.sb.has_ro_compat(_RO_COMPAT_DIR_NLINK):
+                    raise error(errno.EMLINK, "too many subdirectories")
+            ft = mode_to_ft(s_rec.mode)
+            if dst is not None:
+                self._retarget_entry(new_parent, new_name, s_rec.ino, ft)
+            else:
+                self._add_entry(new_parent, new_name, s_rec.ino, ft)
+            self._remove_entry(old_parent, old_name)
+            if s_rec.is_dir and old_parent != new_parent:
+                self._set_dotdot(s_rec.ino, new_parent)
+            # Parent link counts: the moved directory's ".." and a replaced directory.
+            new_delta = (1 if s_rec.is_dir and old_parent != new_parent else 0)
+            old_delta = (-1 if s_rec.is_dir and old_parent != new_parent else 0)
+            if dst is not None and fs.inode(dst[2]).is_dir:
+                new_delta -= 1
+            if old_parent == new_parent:
+                self._touch_dir(old_parent, now, links=new_delta + old_delta)
+            else:
+                self._touch_dir(old_parent, now, links=old_delta)
+                self._touch_dir(new_parent, now, links=new_delta)
+            ed = self.editor(s_rec.ino)
+            self._touch(ed, now, mtime=False)
+            self.store(s_rec.ino, ed)
+            if dst is not None:
+                d_rec = fs.inode(dst[2])
+                if d_rec.is_dir:
+                    self._drop_dir(d_rec.ino)
+                else:
+                    self._drop_link(d_rec.ino, now)
+        self.maybe_commit()
+
+    # -- attributes ----------------------------------------------------------------------------------
+
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                ctime_ns: int | None = None) -> None:
+        fs = self.fs
+        with self.op():
+            rec = fs._live(ino)
+            if size is not None:
+                self.truncate(ino, size)
+                rec = fs.inode(ino)
+            ed = InodeEditor(rec.raw)
+            if mode is not None:
+                ed.set("i_mode", stat.S_IFMT(rec.mode) | (mode & 0o7777))
+            if uid is not None:
+                ed.set_uid(uid)
+            if gid is not None:
+                ed.set_gid(gid)
+            if atime_ns is not None:
+                ed.set_time("a", atime_ns)
+            if mtime_ns is not None:
+                ed.set_time("m", mtime_ns)
+            ed.set_time("c", ctime_ns if ctime_ns is not None else _now_ns())
+            self.store(ino, ed)
+        self.maybe_commit()
+
+    # -- xattrs (in the inode body) -----------------------------------------------------------------------
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self._xattr_change(ino, name, value, flags)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._xattr_change(ino, name, None, 0)
+
+    def _xattr_change(self, ino: int, name: bytes, value: bytes | None, flags: int) -> None:
+        fs = self.fs
+        split = split_name(name)
+        if split is None or split[0] not in (1, 4, 6):
+            raise error(errno.EOPNOTSUPP, f"xattr namespace of {name!r} is not supported for writing")
+        index, suffix = split
+        if not suffix:
+            raise error(errno.EINVAL, "empty xattr name")
+        if len(suffix) > 255:
+            raise error(errno.ERANGE, "xattr name too long")
+        with self.op():
+            rec = fs._live(ino)
+            self._writable_inode(rec)
+            in_block = False
+            if rec.file_acl:
+                from volfs.ext4.xattr import parse_xattr_block
+
+                blk = parse_xattr_block(fs.cache.read(rec.file_acl, "xattr block", ino), ino=ino,
+                                        block=rec.file_acl, csum_seed=self._csum_seed())
+                in_block = any(e.name_index == index and e.name == suffix for e in blk)
+            parsed = parse_ibody(rec.ibody_xattr_area, ino=ino)
+            if any(e.value_inum for e in parsed):
+                raise error(errno.EOPNOTSUPP, "xattrs stored in EA inodes are not changed")
+            entries = [(e.name_index, e.name, e.value or b"") for e in parsed]
+            exists = in_block or any(i == index and n == suffix for i, n, _ in entries)
+            if value is None and not exists:
+                raise error(errno.ENODATA, f"no xattr {name!r}")
+            if flags & 1 and exists and value is not None:
+                raise error(errno.EEXIST, f"xattr {name!r} exists")
+            if flags & 2 and not exists:
+                raise error(errno.ENODATA, f"no xattr {name!r}")
+            if in_block:
+                raise error(errno.EOPNOTSUPP, "changing xattrs stored in an xattr block is not supported yet")
+            entries = [(i, n, v) for i, n, v in entries if not (i == index and n == suffix)]
+            if value is not None:
+                entries.append((index, suffix, value))
+            ed = InodeEditor(rec.raw)
+            area_size = len(ed.buf) - 128 - ed.extra_isize
+            area = _pack_ibody(entries, area_size)
+            if area is None:
+                raise error(errno.ENOSPC, "xattrs do not fit in the inode (xattr blocks are not written yet)")
+            ed.set_ibody(area)
+            ed.set_time("c", _now_ns())
+            self.store(ino, ed)
+        self.maybe_commit()
+
+
+def _empty_extent_root() -> bytes:
+    hdr = EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": 0, "eh_max": 4, "eh_depth": 0,
+                              "eh_generation": 0})
+    return hdr + bytes(48)
+
+
+def _pack_ibody(entries: list[tuple[int, bytes, bytes]], size: int) -> bytes | None:
+    """The in-inode xattr area for ``entries`` (empty area if none); None if they do not fit."""
+    if not entries:
+        return bytes(size)
+    if size < 8:
+        return None
+    heads = bytearray()
+    value_end = size - 4  # value offsets count from the first entry (after the magic)
+    specs = []
+    for index, name, value in entries:
+        vlen = (len(value) + 3) & ~3
+        specs.append((index, name, value, vlen))
+    total_entries = sum(XATTR_ENTRY.size + ((len(n) + 3) & ~3) for _, n, _, _ in specs) + 4
+    total_values = sum(v for *_, v in specs)
+    if total_entries + total_values > size - 4:
+        return None
+    voff = value_end
+    for index, name, value, vlen in specs:
+        if value:
+            voff -= vlen
+            offs = voff
+        else:
+            offs = 0
+        heads += XATTR_ENTRY.pack({"e_name_len": len(name), "e_name_index": index, "e_value_offs": offs,
+                                   "e_value_inum": 0, "e_value_size": len(value), "e_hash": 0})
+        heads += name + bytes(((len(name) + 3) & ~3) - len(name))
+    body = bytearray(size - 4)
+    body[: len(heads)] = heads
+    voff = value_end
+    for _index, _name, value, vlen in specs:
+        if value:
+            voff -= vlen
+            body[voff : voff + len(value)] = value
+    return struct.pack("<I", XATTR_MAGIC) + bytes(body)
+
+
+def _merge(extents: list[Extent]) -> list[Extent]:
+    out: list[Extent] = []
+    for e in sorted(extents, key=lambda x: x.logical):
+        if out:
+            p = out[-1]
+            if p.end == e.logical and p.unwritten == e.unwritten and p.physical + p.length == e.physical:
+                out[-1] = Extent(p.logical, p.length + e.length, p.physical, p.unwritten)
+                continue
+        out.append(e)
+    return out
+
+
+def _cut(extents: list[Extent], lo: int, hi: int) -> tuple[list[Extent], list[Extent], list[Extent]]:
+    """Extents before ``lo``, inside ``[lo, hi)``, after ``hi`` (split at the boundaries)."""
+    before: list[Extent] = []
+    inside: list[Extent] = []
+    after: list[Extent] = []
+    for e in extents:
+        if e.end <= lo:
+            before.append(e)
+            continue
+        if e.logical >= hi:
+            after.append(e)
+            continue
+        if e.logical < lo:
+            k = lo - e.logical
+            before.append(Extent(e.logical, k, e.physical, e.unwritten))
+            e = Extent(lo, e.length - k, e.physical + k, e.unwritten)
+        if e.end > hi:
+            k = hi - e.logical
+            after.append(Extent(hi, e.length - k, e.physical + k, e.unwritten))
+            e = Extent(e.logical, k, e.physical, e.unwritten)
+        inside.append(e)
+    return before, inside, after
+
+
+class _RunFeeder:
+    """Hands out newly allocated blocks, in order, for the holes of a write."""
+
+    __slots__ = ("runs", "i", "used")
+
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
+        self.runs = runs
+        self.i = 0
+        self.used = 0
+
+    def take(self, logical: int, count: int) -> list[Extent]:
+        out = []
+        while count:
+            start, n = self.runs[self.i]
+            k = min(n - self.used, count)
+            out.append(Extent(logical, k, start + self.used, False))
+            logical += k
+            count -= k
+            self.used += k
+            if self.used == n:
+                self.i += 1
+                self.used = 0
+        return out
