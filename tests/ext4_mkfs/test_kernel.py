@@ -76,7 +76,7 @@ def test_kernel_sees_root_owner_label_and_uuid(tmp_path: Path) -> None:
         assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o750)
         lpf = os.stat(mnt / "lost+found")
         assert (lpf.st_uid, lpf.st_gid, lpf.st_mode & 0o7777) == (0, 0, 0o700)
-    blkid = subprocess.run(["blkid", "-o", "export", str(image)], capture_output=True, text=True).stdout
+    blkid = subprocess.run([need_tool("blkid"), "-o", "export", str(image)], capture_output=True, text=True).stdout
     assert "LABEL=vol-a" in blkid and "UUID=01234567-89ab-cdef-0123-456789abcdef" in blkid and "TYPE=ext4" in blkid
     assert str(res.uuid) == "01234567-89ab-cdef-0123-456789abcdef"
 

@@ -15,7 +15,8 @@ is written, everything else stays a hole of the freshly truncated file.
    lost+found blocks (16 KiB, at least two blocks); the resize inode's
    double-indirect block; the journal, first-fit from the middle group
    (``get_midpoint_journal_block``) in extents of at most 32768 blocks,
-   with an extent leaf block when it needs more than four.
+   with an extent leaf block when it needs more than four; with
+   orphan_file, inode 12 and its 32-512 blocks, first-fit from block 0.
 3. Lazy initialisation as mkfs.ext4 on a file whose discard zeroes
    (which is what it does on an image file): every group is
    ``ITABLE_ZEROED`` (the file was just truncated, so inode tables read as
@@ -35,6 +36,9 @@ Every free count and checksum is computed from the placement, never
 adjusted afterwards.  The result matches mkfs.ext4 1.47.0 run with the same
 UUID, hash seed and time (``E2FSPROGS_FAKE_TIME``) byte for byte in every
 metadata block, except ``s_kbytes_written`` (volfs counts its own writes).
+One difference in the file, not the filesystem: mkfs.ext4 zeroes the
+journal with ``fallocate(ZERO_RANGE)``, which allocates it in the image
+file; volfs leaves the journal a hole (it reads as zeros all the same).
 
 The image file is the only I/O: :class:`_ImageWriter` is the small
 writable device of this module (``volfs.ext4.device`` is read-only).
@@ -57,7 +61,6 @@ from volfs.ext4._mkfs_layout import (
     MAX_INIT_EXTENT,
     Geometry,
     UsedMap,
-    default_journal_blocks,
     place_group_tables,
     plan_geometry,
 )
@@ -438,6 +441,7 @@ def mkfs(path: str | os.PathLike[str], size: int, *, block_size: int = 4096, ino
     if geo.reserved_gdt_blocks == 0:
         feats -= {"resize_inode"}
     plan = _Plan(geo, feats, p)
+    plan.place_files(lost_found)
     image = _Image(plan, fs_uuid=fs_uuid, seed_uuid=seed_uuid, label=label_bytes, now=now, lost_found=lost_found,
                    root=(uid, gid, root_mode & 0o7777))
     chunks = image.encode()
@@ -601,7 +605,6 @@ class _Image:
         self.free_inodes = 0
         self.csum_seed = ("metadata_csum_seed" in plan.feats)
         self.seed = fs_seed(fs_uuid.bytes, False, 0)
-        plan.place_files(lost_found)
 
     # -- superblock
 
@@ -879,8 +882,3 @@ class _Image:
             out[sb_off] = primary if g == 0 else self._superblock(g, self.free_blocks, self.free_inodes, kbytes)
             out[(first + 1) * bs] = gdt
         return out
-
-
-def default_journal_size(blocks_count: int) -> int:
-    """Journal blocks mkfs.ext4 gives a filesystem of ``blocks_count`` blocks (0: none)."""
-    return default_journal_blocks(blocks_count)
