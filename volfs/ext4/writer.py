@@ -105,7 +105,7 @@ from volfs.ext4.superblock import (
 )
 from volfs.ext4.transaction import Transaction
 from volfs.ext4.types import InodeNo
-from volfs.ext4.xattr import XATTR_ENTRY, XATTR_MAGIC, parse_ibody, split_name
+from volfs.ext4.xattr import XATTR_ENTRY, XATTR_MAGIC, pack_xattr_block, parse_ibody, split_name
 
 if TYPE_CHECKING:
     from volfs.ext4.device import WritableBlockDevice
@@ -1097,7 +1097,7 @@ class Writer:
             self.store(ino, ed)
         self.maybe_commit()
 
-    # -- xattrs (in the inode body) -----------------------------------------------------------------------
+    # -- xattrs (in the inode body, then one xattr block, copied on write when shared) -----------------------------------------------------------------------
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         self._xattr_change(ino, name, value, flags)
@@ -1118,35 +1118,69 @@ class Writer:
         with self.op():
             rec = fs._live(ino)
             self._writable_inode(rec)
-            in_block = False
+            blk_entries: list[tuple[int, bytes, bytes]] = []
+            refcount = 0
             if rec.file_acl:
                 from volfs.ext4.xattr import parse_xattr_block
 
-                blk = parse_xattr_block(fs.cache.read(rec.file_acl, "xattr block", ino), ino=ino,
-                                        block=rec.file_acl, csum_seed=self._csum_seed())
-                in_block = any(e.name_index == index and e.name == suffix for e in blk)
+                raw_blk = fs.cache.read(rec.file_acl, "xattr block", ino)
+                refcount = struct.unpack_from("<I", raw_blk, 4)[0]
+                parsed_blk = parse_xattr_block(raw_blk, ino=ino, block=rec.file_acl, csum_seed=self._csum_seed())
+                if any(e.value_inum for e in parsed_blk):
+                    raise error(errno.EOPNOTSUPP, "xattrs stored in EA inodes are not changed")
+                blk_entries = [(e.name_index, e.name, e.value or b"") for e in parsed_blk]
             parsed = parse_ibody(rec.ibody_xattr_area, ino=ino)
             if any(e.value_inum for e in parsed):
                 raise error(errno.EOPNOTSUPP, "xattrs stored in EA inodes are not changed")
             entries = [(e.name_index, e.name, e.value or b"") for e in parsed]
-            exists = in_block or any(i == index and n == suffix for i, n, _ in entries)
+
+            def match(e: tuple[int, bytes, bytes]) -> bool:
+                return e[0] == index and e[1] == suffix
+
+            exists = any(match(e) for e in entries + blk_entries)
             if value is None and not exists:
                 raise error(errno.ENODATA, f"no xattr {name!r}")
             if flags & 1 and exists and value is not None:
                 raise error(errno.EEXIST, f"xattr {name!r} exists")
             if flags & 2 and not exists:
                 raise error(errno.ENODATA, f"no xattr {name!r}")
-            if in_block:
-                raise error(errno.EOPNOTSUPP, "changing xattrs stored in an xattr block is not supported yet")
-            entries = [(i, n, v) for i, n, v in entries if not (i == index and n == suffix)]
-            if value is not None:
-                entries.append((index, suffix, value))
+            entries = [e for e in entries if not match(e)]
+            blk_entries = [e for e in blk_entries if not match(e)]
+            in_block_before = len(blk_entries) != 0 or rec.file_acl != 0
             ed = InodeEditor(rec.raw)
             area_size = len(ed.buf) - 128 - ed.extra_isize
+            if value is not None:
+                if _pack_ibody(entries + [(index, suffix, value)], area_size) is not None:
+                    entries.append((index, suffix, value))
+                else:
+                    blk_entries.append((index, suffix, value))
             area = _pack_ibody(entries, area_size)
             if area is None:
-                raise error(errno.ENOSPC, "xattrs do not fit in the inode (xattr blocks are not written yet)")
-            ed.set_ibody(area)
+                raise CorruptError("inode", "in-inode xattrs no longer fit", inode=ino)
+            if area_size:
+                ed.set_ibody(area)
+            bs = fs.sb.block_size
+            if blk_entries != [] or in_block_before:
+                old = rec.file_acl
+                if blk_entries:
+                    if old and refcount <= 1:
+                        target = old
+                    else:
+                        if old:
+                            self._drop_xattr_block(ino, old)
+                        goal = self._goal(ino, [], 0)
+                        (target, _), = self.alloc.alloc_blocks(goal, 1)
+                    data = pack_xattr_block(blk_entries, bs, 1, target, self._csum_seed())
+                    if data is None:
+                        raise error(errno.ENOSPC, "xattrs do not fit in the inode and one xattr block")
+                    self.txn.put(target, data)
+                    if not old:
+                        ed.set_blocks(rec.blocks_512 + bs // 512)
+                    ed.set_file_acl(target)
+                elif old:
+                    self._drop_xattr_block(ino, old)
+                    ed.set_file_acl(0)
+                    ed.set_blocks(max(rec.blocks_512 - bs // 512, 0))
             ed.set_time("c", _now_ns())
             self.store(ino, ed)
         self.maybe_commit()

@@ -24,7 +24,8 @@ from volfs.ext4._struct import Struct
 from volfs.ext4.checksum import crc32c_raw
 
 __all__ = ["XATTR_HEADER", "XATTR_IBODY_HEADER", "XATTR_ENTRY", "XattrEntry", "parse_xattr_entries",
-           "parse_ibody", "parse_xattr_block", "full_name", "split_name", "acl_to_xattr", "XATTR_MAGIC"]
+           "parse_ibody", "parse_xattr_block", "full_name", "split_name", "acl_to_xattr", "XATTR_MAGIC",
+           "xattr_entry_hash", "pack_xattr_block", "xattr_block_checksum"]
 
 XATTR_HEADER = Struct("ext4_xattr_header", [
     ("h_magic", "I"), ("h_refcount", "I"), ("h_blocks", "I"), ("h_hash", "I"), ("h_checksum", "I"),
@@ -164,3 +165,52 @@ def acl_to_xattr(value: bytes, *, ino: int) -> bytes:
             raise CorruptError("ACL", f"unknown ACL tag 0x{tag:x}", inode=ino)
         out.append(struct.pack("<HHI", tag, perm, ident))
     return b"".join(out)
+
+
+# --- the write side -------------------------------------------------------------
+
+
+def xattr_entry_hash(name: bytes, value: bytes) -> int:
+    """e_hash of a block entry (e2fsprogs ext2fs_ext_attr_hash_entry, unsigned name bytes)."""
+    h = 0
+    for c in name:
+        h = ((h << 5) ^ (h >> 27) ^ c) & 0xFFFFFFFF
+    if value:
+        padded = value + bytes(-len(value) % 4)
+        for (word,) in struct.iter_unpack("<I", padded):
+            h = ((h << 16) ^ (h >> 16) ^ word) & 0xFFFFFFFF
+    return h
+
+
+def pack_xattr_block(entries: list[tuple[int, bytes, bytes]], block_size: int, refcount: int, block: int,
+                     fs_seed: int | None) -> bytes | None:
+    """An xattr block holding ``entries`` (sorted as the kernel keeps them); None if they do not fit."""
+    specs = sorted(entries, key=lambda e: (e[0], len(e[1]), e[1]))
+    heads = sum(XATTR_ENTRY.size + ((len(n) + 3) & ~3) for _, n, _ in specs) + 4
+    values = sum((len(v) + 3) & ~3 for _, _, v in specs)
+    if XATTR_HEADER.size + heads + values > block_size:
+        return None
+    buf = bytearray(block_size)
+    pos = XATTR_HEADER.size
+    vend = block_size
+    block_hash = 0
+    for index, name, value in specs:
+        offs = 0
+        if value:
+            vend -= (len(value) + 3) & ~3
+            offs = vend
+            buf[vend : vend + len(value)] = value
+        h = xattr_entry_hash(name, value)
+        buf[pos : pos + XATTR_ENTRY.size] = XATTR_ENTRY.pack({
+            "e_name_len": len(name), "e_name_index": index, "e_value_offs": offs, "e_value_inum": 0,
+            "e_value_size": len(value), "e_hash": h})
+        buf[pos + XATTR_ENTRY.size : pos + XATTR_ENTRY.size + len(name)] = name
+        pos += XATTR_ENTRY.size + ((len(name) + 3) & ~3)
+        block_hash = ((block_hash << 16) ^ (block_hash >> 16) ^ h) & 0xFFFFFFFF if h else 0
+    buf[: XATTR_HEADER.size] = XATTR_HEADER.pack({"h_magic": XATTR_MAGIC, "h_refcount": refcount, "h_blocks": 1,
+                                                  "h_hash": block_hash, "h_checksum": 0,
+                                                  "h_reserved": bytes(12)})
+    if fs_seed is not None:
+        struct.pack_into("<I", buf, XATTR_HEADER.offsets["h_checksum"],
+                         xattr_block_checksum(fs_seed, block, bytes(buf)))
+    return bytes(buf)
