@@ -19,7 +19,8 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from volfs.backend import (
     NOW,
@@ -41,6 +42,8 @@ from volfs.ext4.directory import ft_to_mode
 from volfs.ext4.writer import Writer
 
 __all__ = ["Ext4Backend"]
+
+T = TypeVar("T")
 
 
 def _erofs(reason: str = "opened read-only") -> VolfsError:
@@ -105,6 +108,18 @@ class Ext4Backend:
             raise _erofs(fs.readonly_reason)
         return fs.writer
 
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run one engine operation; on ENOSPC, commit (blocks freed since the last commit become
+        reusable only then) and try once more.  A failed operation leaves nothing behind."""
+        try:
+            return fn()
+        except VolfsError as exc:
+            fs = self._fs
+            if exc.errno != errno.ENOSPC or fs.readonly or not fs.writer.txn.freed:
+                raise
+            fs.commit()
+            return fn()
+
     def _known(self, ino: Ino) -> None:
         if int(ino) != int(ROOT_INO) and ino not in self._lookups and not any(
                 h.ino == ino for h in self._handles.values()):
@@ -166,9 +181,9 @@ class Ext4Backend:
             now = time.time_ns()
             atime = now if changes.atime_ns is NOW else changes.atime_ns
             mtime = now if changes.mtime_ns is NOW else changes.mtime_ns
-            w.setattr(ino, mode=changes.mode, uid=changes.uid, gid=changes.gid, size=changes.size,
-                      atime_ns=atime if isinstance(atime, int) else None,
-                      mtime_ns=mtime if isinstance(mtime, int) else None)
+            self._retry(lambda: w.setattr(ino, mode=changes.mode, uid=changes.uid, gid=changes.gid,
+                                          size=changes.size, atime_ns=atime if isinstance(atime, int) else None,
+                                          mtime_ns=mtime if isinstance(mtime, int) else None))
             return self._getattr(ino)
 
     def readlink(self, ino: Ino) -> bytes:
@@ -195,7 +210,7 @@ class Ext4Backend:
     def mkdir(self, parent: Ino, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         with self._lock:
             w = self._parent(parent, name)
-            return self._ref(w.mkdir(parent, name, mode & 0o7777, uid, gid))
+            return self._ref(self._retry(lambda: w.mkdir(parent, name, mode & 0o7777, uid, gid)))
 
     def mknod(self, parent: Ino, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
         with self._lock:
@@ -203,18 +218,19 @@ class Ext4Backend:
             fmt = stat.S_IFMT(mode)
             if fmt not in (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
                 raise error(errno.EINVAL, "mknod cannot create directories or symlinks")
-            return self._ref(w.create(parent, name, mode, uid, gid, rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0))
+            dev = rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0
+            return self._ref(self._retry(lambda: w.create(parent, name, mode, uid, gid, dev)))
 
     def symlink(self, parent: Ino, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
         with self._lock:
             w = self._parent(parent, name)
-            return self._ref(w.symlink(parent, name, target, uid, gid))
+            return self._ref(self._retry(lambda: w.symlink(parent, name, target, uid, gid)))
 
     def link(self, ino: Ino, new_parent: Ino, new_name: bytes) -> Attr:
         with self._lock:
             w = self._parent(new_parent, new_name)
             self._known(ino)
-            w.link(ino, new_parent, new_name)
+            self._retry(lambda: w.link(ino, new_parent, new_name))
             return self._ref(ino)
 
     def unlink(self, parent: Ino, name: bytes) -> None:
@@ -233,7 +249,7 @@ class Ext4Backend:
             w = self._parent(old_parent, old_name)
             check_name(new_name)
             self._known(new_parent)
-            w.rename(old_parent, old_name, new_parent, new_name, int(flags))
+            self._retry(lambda: w.rename(old_parent, old_name, new_parent, new_name, int(flags)))
 
     def create(self, parent: Ino, name: bytes, mode: int, flags: OpenFlags, uid: int,
                gid: int) -> tuple[FileHandle, Attr]:
@@ -245,7 +261,7 @@ class Ext4Backend:
             except VolfsError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
-                ino = w.create(parent, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
+                ino = self._retry(lambda: w.create(parent, name, stat.S_IFREG | (mode & 0o7777), uid, gid))
             else:
                 if flags & OpenFlags.EXCL:
                     raise error(errno.EEXIST, f"{name!r} exists")
@@ -281,13 +297,14 @@ class Ext4Backend:
             w = self._w()
             if h.flags & OpenFlags.APPEND:
                 offset = self._fs.inode(h.ino).size
-            return w.write_data(h.ino, offset, data)
+            hino = h.ino
+            return self._retry(lambda: w.write_data(hino, offset, data))
 
     def setxattr(self, ino: Ino, name: bytes, value: bytes, flags: XattrFlags = XattrFlags(0)) -> None:
         with self._lock:
             w = self._w()
             self._known(ino)
-            w.setxattr(ino, name, bytes(value), int(flags))
+            self._retry(lambda: w.setxattr(ino, name, bytes(value), int(flags)))
 
     def removexattr(self, ino: Ino, name: bytes) -> None:
         with self._lock:
