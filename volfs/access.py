@@ -33,10 +33,11 @@ def default_owner(handle: VolumeHandle) -> tuple[int, int]:
 def open_backend(handle: VolumeHandle, *, readonly: bool) -> tuple[Backend, AccessLock]:
     """The backend of ``handle``'s volume and the access lock it holds (release it after close).
 
-    A disk volume is read through the ext4 engine, which is read-only until
-    its write side lands: the handle is read-only whatever was asked (every
-    mutation raises EROFS) and takes the shared lock, which coexists with a
-    sandbox's read-only attach and excludes a writer.
+    A disk volume goes through the ext4 engine: read-write access takes the
+    image's exclusive lock (no sandbox may attach it meanwhile), read-only
+    access the shared one (which coexists with a sandbox's read-only attach).
+    If the engine cannot write the image (a feature it does not implement),
+    the backend is read-only and the lock is downgraded to shared.
     """
     from volfs.volume import VolumeKind
 
@@ -45,12 +46,14 @@ def open_backend(handle: VolumeHandle, *, readonly: bool) -> tuple[Backend, Acce
         from volfs.backends.ext4 import Ext4Backend
 
         image = handle.path / DISK_IMAGE_NAME
-        lock = AccessLock(image, handle.name, exclusive=False)
+        lock = AccessLock(image, handle.name, exclusive=not readonly)
         try:
-            backend = Ext4Backend(image)
+            backend = Ext4Backend(image, readonly=readonly)
         except BaseException:
             lock.release()
             raise
+        if backend.readonly:
+            lock.downgrade()
         return backend, lock
     from volfs.backends.directory import DirectoryBackend
 

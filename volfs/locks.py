@@ -85,6 +85,12 @@ class AccessLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def downgrade(self) -> None:
+        """Turn an exclusive lock into a shared one (never blocks; readers may then join)."""
+        if self._fd is not None and self.exclusive:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            self.exclusive = False
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -12,6 +12,7 @@ import pytest
 from fusemount.support import Mounter
 from testsupport import e2fsck_clean, need_root, need_tool
 
+from volfs.mounts import MountOptions
 from volfs.sync import Volume
 
 
@@ -45,7 +46,8 @@ def kernel_view(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-def test_disk_volume_mount_matches_the_kernel(home: Path, mounter: Mounter, tmp_path: Path, kernel_view: Path) -> None:
+def test_disk_volume_mount_reads_what_the_kernel_wrote(home: Path, mounter: Mounter, tmp_path: Path,
+                                                      kernel_view: Path) -> None:  # fmt: skip
     tree = tmp_path / "tree"
     (tree / "app" / "lib").mkdir(parents=True)
     (tree / "app" / "main.py").write_text("print('hi')\n")
@@ -55,19 +57,65 @@ def test_disk_volume_mount_matches_the_kernel(home: Path, mounter: Mounter, tmp_
     os.setxattr(tree / "app" / "main.py", "user.note", b"kept")
     os.chown(tree / "app" / "main.py", 1000, 1000)
     vol = Volume.create("disk", home=home, kind="disk", size_mib=64)
-    subprocess.run([need_tool("mkfs.ext4"), "-q", "-F", "-d", str(tree), str(vol.disk_path)], check=True)
-
-    rec = mounter("disk")
-    mp = Path(rec.mountpoint)
-    ours = tree_facts(mp)
-    assert "app/lib/blob" in ours and ours["app/main.py"][1] == 1000
+    subprocess.run([need_tool("mkfs.ext4"), "-q", "-F", "-d", str(tree), str(vol.disk_path)], check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run(["mount", "-o", "loop,ro,noload", str(vol.disk_path), str(kernel_view)], check=True)
+    theirs = tree_facts(kernel_view)
+    subprocess.run(["umount", str(kernel_view)], check=True)
+    rec = mounter("disk", MountOptions(readonly=True))
+    assert tree_facts(Path(rec.mountpoint)) == theirs
     with pytest.raises(OSError) as info:
-        (mp / "new").write_text("x")
-    assert info.value.errno == errno.EROFS  # the ext4 write side is not wired yet
+        (Path(rec.mountpoint) / "new").write_text("x")
+    assert info.value.errno == errno.EROFS
+
+
+def test_disk_volume_tools_then_kernel_agrees(home: Path, mounter: Mounter, tmp_path: Path,
+                                              kernel_view: Path) -> None:  # fmt: skip
+    """Real tools write through the mount; after unmount e2fsck is clean and the kernel sees the same tree."""
+    need_tool("git")
+    vol = Volume.create("work", home=home, kind="disk", size_mib=128)
+    mp = Path(mounter("work").mountpoint)
+    src = Path(__file__).resolve().parents[2] / "volfs"
+    sh("cp", "-a", str(src), str(mp / "copy"))
+    sh("tar", "-C", str(src.parent), "-cf", str(tmp_path / "t.tar"), "fuse")
+    (mp / "untar").mkdir()
+    sh("tar", "-C", str(mp / "untar"), "-xf", str(tmp_path / "t.tar"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=main"]
+    (mp / "repo").mkdir()
+    sh(*git, "init", "-q", cwd=mp / "repo")
+    (mp / "repo" / "f.txt").write_text("v1\n")
+    sh(*git, "add", ".", cwd=mp / "repo")
+    sh(*git, "commit", "-qm", "one", cwd=mp / "repo")
+    sh("python3", "-m", "compileall", "-q", str(mp / "copy"))
+    sh("truncate", "-s", "50M", str(mp / "sparse"))
+    sh("dd", "if=/dev/urandom", f"of={mp / 'dd'}", "bs=64k", "count=40", "seek=7", "status=none")
+    sh("ln", str(mp / "dd"), str(mp / "dd-hard"))
+    sh("ln", "-s", "dd", str(mp / "dd-sym"))
+    sh("mv", str(mp / "copy" / "cli"), str(mp / "moved-cli"))
+    sh("rm", "-rf", str(mp / "copy" / "ext4"))
+    os.chmod(mp / "sparse", 0o600)
+    os.chown(mp / "dd", 1234, 4321)
+    os.utime(mp / "dd", ns=(1_000_000_000_123_456_789, 1_100_000_000_987_654_321))
+    os.setxattr(mp / "dd", "user.k", b"value")
+    with open(mp / "log", "a") as f:
+        f.write("one\n")
+    with open(mp / "log", "a") as f:
+        f.write("two\n")
+    before = tree_facts(mp)
+    assert len(before) > 60 and "repo/.git/HEAD" in before and "moved-cli/main.py" in before
     from volfs.home import resolve_home
     from volfs.mounts import unmount
 
-    unmount(resolve_home(home), "disk")
+    unmount(resolve_home(home), "work")
     e2fsck_clean(vol.disk_path)
-    subprocess.run(["mount", "-o", "loop,ro,noload", str(vol.disk_path), str(kernel_view)], check=True)
-    assert tree_facts(kernel_view) == ours
+    subprocess.run(["mount", "-o", "loop,ro", str(vol.disk_path), str(kernel_view)], check=True)
+    after = tree_facts(kernel_view)
+    assert sorted(after) == sorted(before)
+    assert after == before
+    assert (kernel_view / "log").read_text() == "one\ntwo\n"
+    sh("git", "fsck", "--strict", cwd=kernel_view / "repo")
+
+
+def sh(*cmd: str, cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{cmd}: {proc.stderr}"

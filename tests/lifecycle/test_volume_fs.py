@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from testsupport import e2fsck_clean
 
 import volfs
 from volfs.errors import VolfsError, VolumeBusy
@@ -49,23 +50,31 @@ def test_read_only_handle(home: Path) -> None:
     fs.close()
 
 
-def test_disk_volume_fs_reads_the_image_read_only_for_now(home: Path, tmp_path: Path) -> None:
+def test_disk_volume_fs_reads_and_writes_the_image(home: Path, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "motd").write_text("hello from the guest\n")
     vol = Volume.create("img", home=home, kind="disk", size_mib=64)
     # Fill the image as a guest would have (mkfs.ext4 -d rewrites it with content).
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(vol.disk_path)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(vol.disk_path)], check=True, capture_output=True)
     fs = Volume.get("img", home=home).fs
     assert fs.read_text("/etc/motd") == "hello from the guest\n"
     assert sorted(e.path for e in fs.list("/")) == ["/etc", "/lost+found"]
-    with pytest.raises(VolfsError) as info:
-        fs.write("/etc/new", b"x")
-    assert info.value.errno == errno.EROFS  # writes arrive with the ext4 write side
+    fs.write("/srv/data/new.bin", b"from the host" * 1000)
+    st = fs.stat("/srv/data/new.bin")
+    assert (st.uid, st.gid) == (0, 0)  # a disk volume's files belong to the guest's root by default
     with pytest.raises(VolumeBusy):
         Volume.remove("img", home=home)  # the open handle holds the image's lock
     fs.close()
     assert Volume.get("img", home=home).in_use == ()
+    e2fsck_clean(vol.disk_path)
+    out = subprocess.run(["debugfs", "-R", "cat /srv/data/new.bin", str(vol.disk_path)], capture_output=True)
+    assert out.stdout == b"from the host" * 1000
+    ro = Volume.get("img", home=home).open_fs(readonly=True)
+    with pytest.raises(VolfsError) as info:
+        ro.write("/etc/other", b"x")
+    assert info.value.errno == errno.EROFS
+    ro.close()
     Volume.remove("img", home=home)
 
 
