@@ -206,6 +206,24 @@ class VolumeBuilder(VolumeSpecBuilder):
         return Volume.open(self.build(), NamedVolumeMode.ENSURE_EXISTS, home=self._home)
 
 
+def _disk_usage(image: Path) -> int:
+    """Bytes in use inside a disk volume's filesystem, from its superblock.
+
+    The superblock's free count is what the filesystem last recorded (a
+    running sandbox's kernel updates it lazily); an image that is not ext4
+    yet (or is damaged) falls back to the host space the image takes.
+    """
+    from volfs.ext4.superblock import parse_superblock
+
+    try:
+        with open(image, "rb") as f:
+            raw = os.pread(f.fileno(), 1024, 1024)
+        sb = parse_superblock(raw)
+        return (sb.blocks_count - sb.free_blocks_count) * sb.block_size
+    except (OSError, ValueError):
+        return os.lstat(image).st_blocks * 512
+
+
 def _dir_usage(root: Path) -> int:
     """Bytes allocated under ``root`` (like ``du``): no symlinks followed, hard links once."""
     total = 0
@@ -238,8 +256,8 @@ class VolumeHandle:
     """A snapshot of one volume: its registry row and what was measured on disk.
 
     ``used_bytes`` is measured when the handle is made: the space allocated
-    under a directory volume, or the host space allocated to a disk volume's
-    image. ``in_use`` lists why the volume is busy (active sandboxes, a host
+    under a directory volume, or the space in use inside a disk volume's
+    filesystem (as its superblock records it). ``in_use`` lists why the volume is busy (active sandboxes, a host
     mount, or a held access lock), empty when it is free; ``mountpoint`` is
     where ``volfs mount`` serves it, if it does.
     """
@@ -599,7 +617,7 @@ def _handle_from(h: Home, registry: Registry, name: str, record: VolumeRecord | 
         status = VolumeStatus.OK if present else VolumeStatus.MISSING
     used = 0
     if present:
-        used = os.lstat(primary).st_blocks * 512 if kind is VolumeKind.DISK else _dir_usage(path)
+        used = _disk_usage(primary) if kind is VolumeKind.DISK else _dir_usage(path)
     in_use = [f"sandbox {s}" for s in registry.sandboxes_using(name)] if record is not None else []
     mount = read_mount_record(h, name)
     mountpoint = Path(mount.mountpoint) if mount is not None and mount.alive else None
