@@ -49,7 +49,7 @@ class Record:
 class Struct:
     """A struct table; see the module docstring."""
 
-    __slots__ = ("name", "fields", "offsets", "size", "_codec", "_names", "_endian", "_has_bytes")
+    __slots__ = ("name", "fields", "offsets", "size", "_codec", "_names", "_endian", "_has_bytes", "_sizes")
 
     def __init__(self, name: str, fields: Sequence[tuple[str, str]], *, big_endian: bool = False,
                  size: int | None = None) -> None:
@@ -62,20 +62,19 @@ class Struct:
             raise ValueError(f"duplicate field in {name}")
         self._codec = struct.Struct(self._endian + "".join(code for _, code in self.fields))
         offsets: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
         pos = 0
         for fname, code in self.fields:
             offsets[fname] = pos
-            pos += struct.calcsize("<" + code)
+            self._sizes[fname] = struct.calcsize("<" + code)
+            pos += self._sizes[fname]
         self.offsets: Mapping[str, int] = offsets
         self.size: int = self._codec.size
         if size is not None and size != self.size:
             raise ValueError(f"{name}: table is {self.size} bytes, expected {size}")
 
     def field_size(self, fname: str) -> int:
-        for n, code in self.fields:
-            if n == fname:
-                return struct.calcsize("<" + code)
-        raise KeyError(fname)
+        return self._sizes[fname]
 
     def unpack(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> Record:
         """Unpack one instance at ``offset``; the caller guarantees the length."""

@@ -19,6 +19,7 @@ equals the name's hash.
 from __future__ import annotations
 
 import stat
+import struct as _pystruct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -353,13 +354,18 @@ def first_dir_block(ino: int, parent: int, block_size: int, csum_seed: int | Non
     return buf
 
 
+_HEAD = _pystruct.Struct("<IHB")
+
+
 def _entries(buf: bytes | bytearray, end: int, block_size: int) -> list[tuple[int, int, int, int]]:
     """(offset, inode, rec_len, name_len) of every record in ``buf[:end]`` (already verified)."""
     out = []
     pos = 0
+    unpack = _HEAD.unpack_from
+    big = block_size >= 65536
     while pos < end:
-        e_ino, raw_rec, name_len, _ft = DIR_ENTRY.unpack_ints(buf, pos)
-        rec = rec_len_from_disk(raw_rec, block_size)
+        e_ino, raw_rec, name_len = unpack(buf, pos)
+        rec = rec_len_from_disk(raw_rec, block_size) if big else raw_rec
         if rec < 8 or pos + rec > end:
             raise CorruptError("directory entry", f"rec_len {rec} at offset {pos} is invalid")
         out.append((pos, e_ino, rec, name_len))
@@ -379,7 +385,9 @@ def leaf_slack(buf: bytes | bytearray, block_size: int, csum: bool) -> int:
 def insert_in_block(buf: bytearray, name: bytes, ino: int, ft: int, block_size: int, csum: bool) -> int | None:
     """Put the entry into ``buf`` if it fits; its offset, or None.  The caller recomputes the tail."""
     need = rec_len_for(len(name))
-    for pos, e_ino, rec, name_len in _entries(buf, leaf_end(block_size, csum), block_size):
+    entries = _entries(buf, leaf_end(block_size, csum), block_size)
+    # Appending is the common case: try the last record first.
+    for pos, e_ino, rec, name_len in entries[-1:] + entries[:-1]:
         used = rec_len_for(name_len) if e_ino else 0
         if rec - used < need:
             continue

@@ -694,21 +694,22 @@ class Writer:
         csum = fs.sb.metadata_csum
         seed = self._iseed(rec.ino, rec.generation)
         need = rec_len_for(len(name))
-        target = -1
+        # st.slack is an upper bound per block (exact after a failed attempt): try the last block
+        # first, then any block that may have room; otherwise add a block.
         n = len(st.slack)
-        if n and st.slack[-1] >= need:
-            target = n - 1
-        else:
-            for lb, free in enumerate(st.slack):
-                if free >= need:
-                    target = lb
-                    break
-        if target >= 0:
-            pb, buf = self._dir_block(rec, target)
+        order = ([n - 1] if n else []) + [lb for lb in range(n - 1) if st.slack[lb] >= need]
+        target = -1
+        pos: int | None = None
+        for lb in order:
+            if st.slack[lb] < need:
+                continue
+            pb, buf = self._dir_block(rec, lb)
             pos = insert_in_block(buf, name, ino, ft, bs, csum)
-            if pos is None:
-                raise CorruptError("directory", "free-space table out of date", inode=dir_ino)
-        else:
+            if pos is not None:
+                target = lb
+                break
+            st.slack[lb] = leaf_slack(buf, bs, csum)
+        if pos is None:
             extents, nodes = self._extents(rec)
             target = n
             (pb, _), = self.alloc.alloc_blocks(self._goal(dir_ino, extents, target), 1)
@@ -720,11 +721,10 @@ class Writer:
             self._set_extents(dir_ino, ed, extents + [Extent(target, 1, pb)], nodes)
             ed.set_size((target + 1) * bs)
             self.store(dir_ino, ed)
-            st.slack.append(0)
+            st.slack.append(bs)
         set_leaf_csum(buf, seed)
         self.txn.put(pb, buf)
         st.names[name] = (target, pos, ino, ft)
-        st.slack[target] = leaf_slack(buf, bs, csum)
 
     def _remove_entry(self, dir_ino: int, name: bytes) -> tuple[int, int]:
         """Remove ``name``; its (inode, file type)."""
@@ -744,7 +744,7 @@ class Writer:
         st = self._dirs.get(dir_ino)
         if st is not None:
             del st.names[name]
-            st.slack[lb] = leaf_slack(buf, bs, csum)
+            st.slack[lb] = bs  # an upper bound; made exact when an insert there fails
         return ino, ft
 
     def _retarget_entry(self, dir_ino: int, name: bytes, ino: int, ft: int) -> None:
