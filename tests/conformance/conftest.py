@@ -50,16 +50,20 @@ def _dir_ro(tree: Path, work: Path) -> Backend:
     return DirectoryBackend(tree, readonly=True)
 
 
-def _ext4_ro(tree: Path, work: Path) -> Backend:
-    """The tree as an ext4 image built by mkfs.ext4 -d, read by volfs's engine."""
-    image = work / "ext4.img"
+def _image_from(tree: Path, image: Path) -> Path:
+    """Make ``image`` an ext4 filesystem holding ``tree`` (mkfs.ext4 -d), without lost+found."""
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}
     subprocess.run([need_tool("mkfs.ext4"), "-q", "-F", "-d", str(tree), str(image), "64M"], check=True, env=env,
                    capture_output=True)  # fmt: skip
     # mkfs adds lost+found, which the standard tree does not have.
     subprocess.run([need_tool("debugfs"), "-w", "-R", "rmdir lost+found", str(image)], check=True, env=env,
                    capture_output=True)  # fmt: skip
-    return Ext4Backend(image)
+    return image
+
+
+def _ext4_ro(tree: Path, work: Path) -> Backend:
+    """The tree as an ext4 image built by mkfs.ext4 -d, read by volfs's engine."""
+    return Ext4Backend(_image_from(tree, work / "ext4.img"))
 
 
 class _CheckedExt4(Ext4Backend):
@@ -80,42 +84,43 @@ class _CheckedExt4(Ext4Backend):
 
 def _ext4_rw(tree: Path, work: Path) -> Backend:
     """The tree as an ext4 image built by mkfs.ext4 -d, written by volfs; e2fsck -fn clean on close."""
-    image = work / "ext4-rw.img"
-    env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}
-    subprocess.run([need_tool("mkfs.ext4"), "-q", "-F", "-d", str(tree), str(image), "64M"], check=True, env=env,
-                   capture_output=True)  # fmt: skip
-    subprocess.run([need_tool("debugfs"), "-w", "-R", "rmdir lost+found", str(image)], check=True, env=env,
-                   capture_output=True)  # fmt: skip
-    return _CheckedExt4(image)
+    return _CheckedExt4(_image_from(tree, work / "ext4-rw.img"))
 
 
 class _MountedBackend(DirectoryBackend):
-    """A directory backend over a live volfs FUSE mount; closing it unmounts."""
+    """A directory backend over a live volfs FUSE mount; closing it unmounts (and checks a disk image)."""
 
-    def __init__(self, mountpoint: Path, home: Path, name: str, *, readonly: bool) -> None:
+    def __init__(self, mountpoint: Path, home: Path, name: str, *, readonly: bool, image: Path | None) -> None:
         super().__init__(mountpoint, readonly=readonly)
-        self._home, self._name, self._mountpoint = home, name, mountpoint
+        self._home, self._name, self._mountpoint, self._image = home, name, mountpoint, image
 
     def close(self) -> None:
         try:
             super().close()
         finally:
             teardown(self._home, self._name, self._mountpoint)
+        if self._image is not None:
+            e2fsck_clean(self._image)
 
 
-def _fuse(readonly: bool) -> Callable[[Path, Path], Backend]:
-    """The tree becomes a directory volume served by the volfs daemon; the suite runs on the mount."""
+def _fuse(kind: str, readonly: bool) -> Callable[[Path, Path], Backend]:
+    """The tree becomes a volume of ``kind`` served by the volfs daemon; the suite runs on the mount."""
 
     def make(tree: Path, work: Path) -> Backend:
         need(fuse_available(), "/dev/fuse is not available")
         home = work / "fuse-home"
-        vol = Volume.create("conformance", home=home)
-        for entry in os.listdir(tree):  # rename keeps hard links, FIFOs and xattrs as they are
-            os.rename(tree / entry, vol.path / entry)
+        image: Path | None = None
+        if kind == "disk":
+            vol = Volume.create("conformance", home=home, kind="disk", size_mib=64)
+            image = _image_from(tree, vol.disk_path)
+        else:
+            vol = Volume.create("conformance", home=home)
+            for entry in os.listdir(tree):  # rename keeps hard links, FIFOs and xattrs as they are
+                os.rename(tree / entry, vol.path / entry)
         mp = work / "fuse-mnt"
         mp.mkdir()
         mount(resolve_home(home), "conformance", mp, MountOptions(readonly=readonly, log=str(work / "daemon.log")))
-        return _MountedBackend(mp, home, "conformance", readonly=readonly)
+        return _MountedBackend(mp, home, "conformance", readonly=readonly, image=image)
 
     return make
 
@@ -123,8 +128,10 @@ def _fuse(readonly: bool) -> Callable[[Path, Path], Backend]:
 FACTORIES: list[Factory] = [
     Factory("directory", False, _dir_rw),
     Factory("directory-ro", True, _dir_ro),
-    Factory("fuse-directory", False, _fuse(False)),
-    Factory("fuse-directory-ro", True, _fuse(True)),
+    Factory("fuse-directory", False, _fuse("dir", False)),
+    Factory("fuse-directory-ro", True, _fuse("dir", True)),
+    Factory("fuse-disk", False, _fuse("disk", False)),
+    Factory("fuse-disk-ro", True, _fuse("disk", True)),
     Factory("ext4-ro", True, _ext4_ro),
     Factory("ext4", False, _ext4_rw),
 ]
