@@ -9,10 +9,10 @@ inode 1 swap places (:meth:`VolfsOperations._b` and ``_f``).
 Lookup counts: the backend counts references exactly as the kernel does
 (``lookup``, ``mkdir``, ``mknod``, ``symlink``, ``link``, ``create`` add one;
 ``forget`` drops them), so this layer passes them through. The one place it
-adds references itself is ``readdir`` (pyfuse3 answers READDIRPLUS, which
-gives the kernel an entry per name): every entry is looked up in the backend
-(+1) and, if the kernel's buffer was full (``readdir_reply`` returned False),
-forgotten again at once.
+takes references itself is ``readdir`` (pyfuse3 answers READDIRPLUS, which
+gives the kernel an entry per name): the backend's ``readdirplus`` adds one
+per entry, and an entry the kernel's buffer had no room for
+(``readdir_reply`` returned False) is forgotten again at once.
 
 Errors are converted in exactly one place, :func:`_op`: an ``OSError`` (every
 ``VolfsError`` is one) becomes ``FUSEError(errno)``; anything else is logged
@@ -215,13 +215,8 @@ class VolfsOperations(pyfuse3.Operations):
             for offset, name in ((1, b"."), (2, b"..")):
                 if start_id < offset and not pyfuse3.readdir_reply(token, name, here, offset):
                     return
-        for entry in self._backend.readdir(ino, max(start_id - _DOT_ENTRIES, 0)):
-            try:
-                attr = self._backend.lookup(ino, entry.name)  # +1, kept only if the kernel takes it
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    continue  # removed since the listing began
-                raise
+        for entry, attr in self._backend.readdirplus(ino, max(start_id - _DOT_ENTRIES, 0)):
+            # Each pair holds a reference, kept only if the kernel takes the entry.
             if not pyfuse3.readdir_reply(token, entry.name, self._entry(attr), entry.offset + _DOT_ENTRIES):
                 self._backend.forget(attr.ino, 1)
                 return

@@ -325,6 +325,16 @@ class Backend(Protocol):
         """
         ...
 
+    def readdirplus(self, ino: Ino, offset: int = 0) -> Iterator[tuple[DirEntry, Attr]]:
+        """Like :meth:`readdir`, with each entry's attributes (FUSE's READDIRPLUS).
+
+        Every pair yielded adds one lookup reference to the entry's inode, as
+        :meth:`lookup` would; a caller that does not keep an entry forgets it
+        at once. An entry that disappears between listing and attributes is
+        skipped. Errors and offsets as :meth:`readdir`. Changes nothing.
+        """
+        ...
+
     # -- creating and removing names -------------------------------------------
 
     def mkdir(self, parent: Ino, name: bytes, mode: int, uid: int, gid: int) -> Attr:

@@ -361,3 +361,18 @@ def test_statfs_sync_forget_close(backend: Backend) -> None:
     backend.close()
     backend.close()
     raises_errno(errno.EBADF, backend.getattr, backend.root)
+
+
+def test_readdirplus_counts_references(backend: Backend) -> None:
+    """readdirplus yields what readdir does, with attributes, and one reference per entry."""
+    plain = {e.name: e for e in backend.readdir(backend.root)}
+    pairs = list(backend.readdirplus(backend.root))
+    assert sorted(e.name for e, _ in pairs) == sorted(plain)
+    for entry, attr in pairs:
+        assert attr.ino == entry.ino == plain[entry.name].ino
+        assert backend.getattr(attr.ino) == attr  # referenced: known to the backend
+        backend.forget(attr.ino, 1)
+    resumed = list(backend.readdirplus(backend.root, pairs[2][0].offset))
+    assert [e.name for e, _ in resumed] == [e.name for e, _ in pairs[3:]]
+    for _, attr in resumed:
+        backend.forget(attr.ino, 1)

@@ -375,6 +375,17 @@ class DirectoryBackend:
             # readlinkat(fd, "") reads the link the O_PATH descriptor holds.
             return os.readlink(b"", dir_fd=fd)
 
+    def readdirplus(self, ino: Ino, offset: int = 0) -> Iterator[tuple[DirEntry, Attr]]:
+        """See :meth:`volfs.backend.Backend.readdirplus`."""
+        for entry in self.readdir(ino, offset):
+            try:
+                attr = self.lookup(ino, entry.name)
+            except VolfsError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue  # removed since it was listed
+                raise
+            yield entry, attr
+
     @_host_errors
     def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
         """See :meth:`volfs.backend.Backend.readdir`."""

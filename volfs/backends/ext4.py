@@ -191,6 +191,18 @@ class Ext4Backend:
             self._known(ino)
             return self._fs.readlink(ino)
 
+    def readdirplus(self, ino: Ino, offset: int = 0) -> Iterator[tuple[DirEntry, Attr]]:
+        """See :meth:`volfs.backend.Backend.readdirplus`: attributes by inode number, no name lookups."""
+        for entry in self.readdir(ino, offset):
+            with self._lock:
+                try:
+                    attr = self._ref(entry.ino)
+                except VolfsError as exc:
+                    if exc.errno == errno.ESTALE:
+                        continue  # removed since it was listed
+                    raise
+            yield entry, attr
+
     def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
         with self._lock:
             self._known(ino)
