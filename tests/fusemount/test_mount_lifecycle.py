@@ -208,3 +208,46 @@ def test_cli_mount_bad_options(home: Path, tmp_path: Path, args: list[str]) -> N
     r = volfs_cli(home, "mount", "c", str(tmp_path), *args)
     assert r.returncode == 1 and r.stderr.startswith("volfs: ")
     assert not mounted_at(str(tmp_path))
+
+
+def test_cli_foreground_mount(home: Path, tmp_path: Path) -> None:
+    from testsupport import need
+
+    need(os.path.exists("/dev/fuse"), "/dev/fuse is not available")
+    mp = tmp_path / "fg"
+    mp.mkdir()
+    assert volfs_cli(home, "create", "fg").returncode == 0
+    exe = os.path.join(os.path.dirname(sys.executable), "volfs")
+    proc = subprocess.Popen([exe, "--home", str(home), "mount", "fg", str(mp), "--foreground"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not mounted_at(str(mp)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the foreground mount never became ready"
+            time.sleep(0.05)  # polling for the mount
+        (mp / "x").write_text("fg")
+        r = volfs_cli(home, "unmount", "fg")
+        assert r.returncode == 0, r.stderr
+        assert proc.wait(timeout=60) == 0
+        assert (home / "volumes" / "fg" / "x").read_text() == "fg"
+    finally:
+        teardown(home, "fg", mp)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_unmount_refuses_while_files_are_open(home: Path, dir_mount: tuple[Path, Path]) -> None:
+    mp, _ = dir_mount
+    with open(mp / "held", "w") as held:
+        held.write("x")
+        os.chdir(mp)  # a busy working directory too
+        try:
+            with pytest.raises(VolumeBusy, match="busy"):
+                unmount(resolve_home(home), "dvol")
+        finally:
+            os.chdir("/")
+    assert mounted_at(str(mp))
+    unmount(resolve_home(home), "dvol")
+    assert not mounted_at(str(mp))
