@@ -183,6 +183,26 @@ def patch_superblock(image: Path, updates: dict[int, bytes]) -> None:
         f.write(sb)
 
 
+def microsandbox_lookalike(image: Path, tree: Path | None) -> Path:
+    """An image shaped like microsandbox's format_ext4 output (its reference, section 1e).
+
+    4 KiB blocks, 64bit, metadata_csum with the seed left 0 (derived from the
+    UUID), no flex_bg, 32768 blocks and 8192 inodes per group, a 64 MiB
+    journal, resize inode, no reserved blocks, no lost+found, the hash seed
+    equal to the UUID, and the legacy quirk: a nonzero value at the
+    s_error_count offset (0x194) with a clean state.
+    """
+    mkfs(image, tree, "160M", "-b", "4096", "-I", "256", "-g", "32768", "-N", "16384", "-J", "size=64", "-m", "0",
+         "-O", "^flex_bg,^metadata_csum_seed,^orphan_file,metadata_csum,64bit,resize_inode")
+    run(tool("debugfs"), "-w", "-R", "rmdir lost+found", str(image))
+    with open(image, "rb") as f:
+        f.seek(1024 + 0x68)
+        uuid = f.read(16)
+    patch_superblock(image, {0x194: struct.pack("<I", 0x3000), 0xEC: uuid, 0x270: b"\0\0\0\0",
+                             0x108: b"\0\0\0\0", 0x30: b"\0\0\0\0"})
+    return image
+
+
 @contextlib.contextmanager
 def loop_mount(image: Path, options: str = "ro,noload") -> Iterator[Path]:
     """Mount ``image`` through a loop device; always unmounts."""

@@ -183,15 +183,7 @@ def test_microsandbox_lookalike(tmp_path: Path, rich_tree: Path) -> None:
     from ext4_walk import diff_trees, engine_tree, kernel_tree
 
     need_root("loop mounts")
-    image = images.mkfs(tmp_path / "msb.img", rich_tree, "160M", "-b", "4096", "-I", "256", "-g", "32768",
-                        "-N", "16384", "-J", "size=64", "-m", "0",
-                        "-O", "^flex_bg,^metadata_csum_seed,^orphan_file,metadata_csum,64bit,resize_inode")
-    images.run(images.tool("debugfs"), "-w", "-R", "rmdir lost+found", str(image))
-    with open(image, "rb") as f:
-        f.seek(1024 + 0x68)
-        uuid = f.read(16)
-    images.patch_superblock(image, {0x194: struct.pack("<I", 0x3000), 0xEC: uuid, 0x270: b"\0\0\0\0",
-                                    0x108: b"\0\0\0\0", 0x30: b"\0\0\0\0"})
+    image = images.microsandbox_lookalike(tmp_path / "msb.img", rich_tree)
     with Filesystem.open(image) as fs:
         assert "flex_bg" not in fs.features() and "metadata_csum" in fs.features()
         assert fs.sb.record.u("s_error_count") == 0x3000 and fs.sb.state == 1
