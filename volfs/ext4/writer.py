@@ -32,12 +32,13 @@ zeros) and the tree is rebuilt (extents.py).  Data moves in one
 *Directories.*  New entries go into linear blocks: the first block with
 room (gaps included), else a new block at the end.  A per-directory name
 table (bounded LRU) is built on first change, making inserts and lookups
-O(1) in large linear directories.  An htree directory that gains an entry
-(or whose ".." changes) is first turned into a linear one: the index flag
-is cleared and the dx_root and index blocks are rewritten as ordinary leaf
-blocks ("." / ".." and empty entries with checksum tails), which e2fsck
-accepts and the kernel reads linearly; removing an entry from an htree
-leaf keeps the index (as the kernel does).
+O(1) in large linear directories.  A one-block directory that fills up
+becomes an htree, and inserts into htree directories keep the index
+(hash-ordered leaf choice, leaf and index splits, one interior level at
+most; htree_write.py has the theory of operation).  Only an indexed
+directory on an image without dir_index is still turned linear (index flag
+cleared, index blocks rewritten as empty leaves, which e2fsck accepts).
+Removing an entry from an htree leaf keeps the index (as the kernel does).
 
 *Orphans.*  An inode whose last link goes while a handle holds it (a pin)
 is put on the ``s_last_orphan`` chain (``i_dtime`` links, as the kernel
@@ -62,6 +63,8 @@ from typing import TYPE_CHECKING, Final
 from volfs.errors import CorruptError, error
 from volfs.ext4.alloc import Allocator
 from volfs.ext4.directory import (
+    DxLevel,
+    dx_find,
     empty_leaf,
     first_dir_block,
     insert_in_block,
@@ -69,6 +72,8 @@ from volfs.ext4.directory import (
     leaf_slack,
     mode_to_ft,
     parse_dir_block,
+    parse_dx_node,
+    parse_dx_root,
     rec_len_for,
     remove_from_block,
     set_entry_inode,
@@ -82,6 +87,21 @@ from volfs.ext4.extents import (
     read_extents,
     split_long,
     tree_nodes_needed,
+)
+from volfs.ext4.dirhash import HASH_TEA, dirhash
+from volfs.ext4.htree_write import (
+    NODE_COUNT_OFFSET,
+    ROOT_COUNT_OFFSET,
+    LeafEntry,
+    dx_limit,
+    dx_read,
+    dx_write,
+    insert_dx_entry,
+    new_dx_node,
+    new_dx_root,
+    pack_leaf,
+    set_dx_csum,
+    split_point,
 )
 from volfs.ext4.inode import (
     EXT4_CASEFOLD_FL,
@@ -98,6 +118,7 @@ from volfs.ext4.checksum import inode_seed
 from volfs.ext4.journal import JOURNAL_SUPERBLOCK
 from volfs.ext4.superblock import (
     EXT4_VALID_FS,
+    FLAGS_UNSIGNED_HASH,
     INCOMPAT_RECOVER,
     RO_COMPAT_METADATA_CSUM,
     SUPERBLOCK_OFFSET,
@@ -119,6 +140,7 @@ LINK_MAX: Final = 65000  # EXT4_LINK_MAX
 _COMMIT_AT: Final = 2048  # dirty metadata blocks that trigger a commit between operations
 _MAX_FILE_BLOCKS: Final = (1 << 32) - 1  # logical blocks an extent tree can address
 _RO_COMPAT_DIR_NLINK: Final = 0x20
+_COMPAT_DIR_INDEX: Final = 0x20
 
 
 def _now_ns() -> int:
@@ -683,9 +705,16 @@ class Writer:
         st = self._dir_state(rec)
         return st.names.get(name)
 
+    def _indexable(self, rec: Inode) -> bool:
+        """Whether inserts into ``rec`` keep (or build) an htree index (dir_index, no largedir levels)."""
+        return self.fs.sb.has_compat(_COMPAT_DIR_INDEX)
+
     def _add_entry(self, dir_ino: int, name: bytes, ino: int, ft: int) -> None:
         fs = self.fs
         rec = self._dir_rec(dir_ino)
+        if rec.flags & EXT4_INDEX_FL and self._indexable(rec) and dir_ino not in self._dirs:
+            self._dx_add_entry(rec, name, ino, ft)
+            return
         st = self._dir_state(rec)
         rec = fs.inode(dir_ino)
         if name in st.names:
@@ -709,6 +738,11 @@ class Writer:
                 target = lb
                 break
             st.slack[lb] = leaf_slack(buf, bs, csum)
+        if pos is None and n == 1 and rec.size == bs and self._indexable(rec):
+            # A one-block directory that is full becomes indexed (the kernel's make_indexed_dir).
+            self._dirs.pop(dir_ino, None)
+            self._make_indexed(rec, name, ino, ft)
+            return
         if pos is None:
             extents, nodes = self._extents(rec)
             target = n
@@ -725,6 +759,142 @@ class Writer:
         set_leaf_csum(buf, seed)
         self.txn.put(pb, buf)
         st.names[name] = (target, pos, ino, ft)
+
+    # -- htree inserts (theory of operation: htree_write.py) --------------------------------------
+
+    def _dx_hash(self, version: int, name: bytes) -> tuple[int, int]:
+        sb = self.fs.sb
+        if version <= HASH_TEA and sb.flags & FLAGS_UNSIGNED_HASH:
+            version += 3
+        try:
+            return dirhash(name, version, sb.hash_seed)
+        except ValueError:
+            raise error(errno.EROFS, f"htree hash version {version} is not written") from None
+
+    def _grow_dir(self, rec: Inode, count: int) -> tuple[Inode, list[tuple[int, int]]]:
+        """Append ``count`` blocks to directory ``rec``: the new inode record and (logical, physical) pairs."""
+        bs = self.fs.sb.block_size
+        extents, nodes = self._extents(rec)
+        first = (rec.size + bs - 1) // bs
+        out: list[tuple[int, int]] = []
+        lb = first
+        for start, n in self.alloc.alloc_blocks(self._goal(rec.ino, extents, first), count):
+            extents.append(Extent(lb, n, start))
+            out.extend((lb + k, start + k) for k in range(n))
+            lb += n
+        ed = InodeEditor(rec.raw)
+        self._set_extents(rec.ino, ed, extents, nodes)
+        ed.set_size(lb * bs)
+        self.store(rec.ino, ed)
+        return self.fs.inode(rec.ino), out
+
+    def _leaf_items(self, rec: Inode, buf: bytes | bytearray, pb: int, version: int) -> list[LeafEntry]:
+        fs = self.fs
+        out = []
+        for e in parse_dir_block(bytes(buf), ino=rec.ino, block=pb, base=0, has_filetype=True,
+                                 inodes_count=fs.sb.inodes_count, csum_seed=self._iseed(rec.ino, rec.generation),
+                                 block_size=fs.sb.block_size):
+            h, minor = self._dx_hash(version, e.name)
+            out.append(LeafEntry(h, minor, e.name, e.ino, e.file_type))
+        return out
+
+    def _make_indexed(self, rec: Inode, name: bytes, ino: int, ft: int) -> None:
+        """Turn full one-block directory ``rec`` into an htree with two leaves (htree_write.py)."""
+        fs = self.fs
+        bs = fs.sb.block_size
+        csum = fs.sb.metadata_csum
+        seed = self._iseed(rec.ino, rec.generation)
+        version = fs.sb.def_hash_version
+        pb0, buf0 = self._dir_block(rec, 0)
+        items = self._leaf_items(rec, buf0, pb0, version)
+        if len(items) < 2 or items[0].name != b"." or items[1].name != b"..":
+            raise CorruptError("directory", "block 0 does not start with '.' and '..'", inode=rec.ino, block=pb0)
+        parent = items[1].ino
+        h, minor = self._dx_hash(version, name)
+        items = sorted(items[2:] + [LeafEntry(h, minor, name, ino, ft)], key=lambda e: (e.hash, e.minor))
+        cut, key = split_point(items)
+        rec, new = self._grow_dir(rec, 2)
+        (lb1, pb1), (lb2, pb2) = new
+        self.txn.put(pb1, pack_leaf(items[:cut], bs, seed, csum))
+        self.txn.put(pb2, pack_leaf(items[cut:], bs, seed, csum))
+        self.txn.put(pb0, new_dx_root(rec.ino, parent, bs, version, 0, [(0, lb1), (key, lb2)], seed, csum))
+        ed = InodeEditor(rec.raw)
+        ed.set("i_flags", ed.get("i_flags") | EXT4_INDEX_FL)
+        self.store(rec.ino, ed)
+
+    def _dx_add_entry(self, rec: Inode, name: bytes, ino: int, ft: int) -> None:
+        """Insert into an htree directory, splitting leaves and index blocks (htree_write.py)."""
+        fs = self.fs
+        bs = fs.sb.block_size
+        csum = fs.sb.metadata_csum
+        seed = self._iseed(rec.ino, rec.generation)
+        pb0, root = self._dir_block(rec, 0)
+        info = parse_dx_root(bytes(root), ino=rec.ino, block=pb0, block_size=bs, large_dir=False,
+                             csum_seed=seed)
+        version = info.hash_version
+        h, minor = self._dx_hash(version, name)
+        # The path: (logical block, physical block, bytes, count offset, entries, position taken).
+        path: list[tuple[int, int, bytearray, int, list[tuple[int, int]], int]] = []
+        lb, pb, buf, co = 0, pb0, root, ROOT_COUNT_OFFSET
+        nblocks = (rec.size + bs - 1) // bs
+        for depth in range(info.indirect_levels + 1):
+            entries = dx_read(buf, co)
+            at = dx_find(DxLevel(tuple(entries), lb), h)
+            path.append((lb, pb, buf, co, entries, at))
+            child = entries[at][1]
+            if not 0 < child < nblocks:
+                raise CorruptError("htree", f"index entry points at block {child}", inode=rec.ino, block=pb)
+            if depth < info.indirect_levels:
+                lb = child
+                pb, buf = self._dir_block(rec, lb)
+                parse_dx_node(bytes(buf), ino=rec.ino, block=pb, lblock=lb, block_size=bs, csum_seed=seed)
+                co = NODE_COUNT_OFFSET
+        leaf_lb = path[-1][4][path[-1][5]][1]
+        leaf_pb, leaf = self._dir_block(rec, leaf_lb)
+        if insert_in_block(leaf, name, ino, ft, bs, csum) is not None:
+            set_leaf_csum(leaf, seed)
+            self.txn.put(leaf_pb, leaf)
+            return
+        # The leaf is full: split it (and the index blocks above it as needed).
+        items = self._leaf_items(rec, leaf, leaf_pb, version)
+        items = sorted(items + [LeafEntry(h, minor, name, ino, ft)], key=lambda e: (e.hash, e.minor))
+        cut, key = split_point(items)
+        full = [len(p[4]) >= dx_limit(bs, p[3], csum) for p in path]
+        # Blocks needed: the new leaf, plus a node for each full index block that must split or move down.
+        new_nodes = 0
+        if full[-1]:
+            if len(path) == 1:
+                new_nodes = 1  # the root's entries move into a new dx_node (indirect_levels 0 -> 1)
+            elif not full[0]:
+                new_nodes = 1  # the dx_node splits; the root takes its upper half's key
+            else:
+                raise error(errno.ENOSPC, f"directory {rec.ino}: htree index full (no largedir)")
+        rec, new = self._grow_dir(rec, 1 + new_nodes)
+        new_leaf_lb, new_leaf_pb = new[0]
+        self.txn.put(leaf_pb, pack_leaf(items[:cut], bs, seed, csum))
+        self.txn.put(new_leaf_pb, pack_leaf(items[cut:], bs, seed, csum))
+        plb, ppb, pbuf, pco, pentries, pat = path[-1]
+        insert_dx_entry(pentries, pat, key, new_leaf_lb)
+        if not full[-1]:
+            dx_write(pbuf, pco, pentries, seed)
+            self.txn.put(ppb, pbuf)
+        elif len(path) == 1:
+            node_lb, node_pb = new[1]
+            self.txn.put(node_pb, new_dx_node(bs, pentries, seed, csum))
+            parent = struct.unpack_from("<I", pbuf, 12)[0]
+            self.txn.put(ppb, new_dx_root(rec.ino, parent, bs, version, 1, [(0, node_lb)], seed, csum))
+        else:
+            node_lb, node_pb = new[1]
+            half = len(pentries) // 2
+            low, high = pentries[:half], pentries[half:]
+            dx_write(pbuf, pco, low, seed)
+            self.txn.put(ppb, pbuf)
+            self.txn.put(node_pb, new_dx_node(bs, high, seed, csum))
+            rlb, rpb, rbuf, rco, rentries, rat = path[0]
+            insert_dx_entry(rentries, rat, high[0][0], node_lb)
+            dx_write(rbuf, rco, rentries, seed)
+            self.txn.put(rpb, rbuf)
+        fs.forget_inode(rec.ino)
 
     def _remove_entry(self, dir_ino: int, name: bytes) -> tuple[int, int]:
         """Remove ``name``; its (inode, file type)."""
@@ -765,14 +935,25 @@ class Writer:
 
     def _set_dotdot(self, dir_ino: int, parent: int) -> None:
         rec = self.fs.inode(dir_ino)
-        if rec.flags & EXT4_INDEX_FL:
+        indexed = bool(rec.flags & EXT4_INDEX_FL)
+        if indexed and not self._indexable(rec):
             self._unindex(rec)
             rec = self.fs.inode(dir_ino)
+            indexed = False
         pb, buf = self._dir_block(rec, 0)
         if buf[20:22] != b".." or buf[18] != 2:
             raise CorruptError("directory", "'..' is not the second entry", inode=dir_ino)
+        seed = self._iseed(rec.ino, rec.generation)
+        if indexed:
+            # The dx_root has no dirent tail; its dx_tail checksum covers ".." (htree_write.py).
+            parse_dx_root(bytes(buf), ino=rec.ino, block=pb, block_size=self.fs.sb.block_size, large_dir=False,
+                          csum_seed=seed)
         set_entry_inode(buf, 12, parent, 2)
-        set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
+        if indexed:
+            set_dx_csum(buf, ROOT_COUNT_OFFSET, seed)
+            self.fs.forget_inode(dir_ino)
+        else:
+            set_leaf_csum(buf, seed)
         self.txn.put(pb, buf)
 
     def _is_empty_dir(self, rec: Inode) -> bool:
