@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,31 @@ def e2fsck_clean(image: str | Path) -> None:
     proc = subprocess.run([e2fsck, "-fn", str(image)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"e2fsck -fn {image} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+
+
+@contextlib.contextmanager
+def loop_mount(image: str | Path, options: str = "ro,noload") -> Iterator[Path]:
+    """Mount an ext4 ``image`` through a loop device; always unmounts (lazily as a last resort).
+
+    A refused mount fails the test with the kernel's reason and the end of dmesg.
+    """
+    need_root("loop mounts")
+    mnt = Path(tempfile.mkdtemp(prefix="volfs-loop-"))
+    try:
+        proc = subprocess.run(["mount", "-t", "ext4", "-o", f"loop,{options}", str(image), str(mnt)],
+                              capture_output=True, text=True)  # fmt: skip
+        if proc.returncode != 0:
+            dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout[-1500:]
+            pytest.fail(f"the kernel refused to mount {image}: {proc.stderr.strip()}\n{dmesg}")
+        try:
+            yield mnt
+        finally:
+            for _ in range(20):
+                if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+                    break
+                subprocess.run(["sync"])
+            else:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    finally:
+        with contextlib.suppress(OSError):
+            mnt.rmdir()

@@ -14,9 +14,9 @@ import socket
 import stat
 import struct
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+
+from testsupport import loop_mount  # noqa: F401 - the one loop mount helper, re-exported
 
 UUID = "6b1e3d6a-8b0f-4a2e-9c3d-2f1e0a9b8c7d"
 HASH_SEED = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -201,24 +201,3 @@ def microsandbox_lookalike(image: Path, tree: Path | None) -> Path:
     patch_superblock(image, {0x194: struct.pack("<I", 0x3000), 0xEC: uuid, 0x270: b"\0\0\0\0",
                              0x108: b"\0\0\0\0", 0x30: b"\0\0\0\0"})
     return image
-
-
-@contextlib.contextmanager
-def loop_mount(image: Path, options: str = "ro,noload") -> Iterator[Path]:
-    """Mount ``image`` through a loop device; always unmounts."""
-    mnt = Path(tempfile.mkdtemp(prefix="volfs-ext4-mnt-"))
-    try:
-        subprocess.run(["mount", "-t", "ext4", "-o", f"loop,{options}", str(image), str(mnt)], check=True,
-                       capture_output=True)
-        try:
-            yield mnt
-        finally:
-            for _ in range(20):
-                if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-                    break
-                subprocess.run(["sync"])
-            else:
-                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-    finally:
-        with contextlib.suppress(OSError):
-            mnt.rmdir()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testsupport import loop_mount  # noqa: F401 - the one loop mount helper, re-exported
 
 from testsupport import need_tool
 from volfs.ext4.superblock import SUPERBLOCK
@@ -118,25 +117,3 @@ def debugfs(path: Path, request: str) -> str:
     return proc.stdout
 
 
-@contextlib.contextmanager
-def loop_mount(image: Path, options: str = "rw") -> Iterator[Path]:
-    """Mount ``image`` through a loop device; always unmounts (lazily as a last resort)."""
-    mnt = Path(tempfile.mkdtemp(prefix="volfs-mkfs-mnt-"))
-    try:
-        proc = subprocess.run(["mount", "-t", "ext4", "-o", f"loop,{options}", str(image), str(mnt)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.fail(f"the kernel refused to mount {image}: {proc.stderr.strip()}\n"
-                        f"{subprocess.run(['dmesg'], capture_output=True, text=True).stdout[-1500:]}")
-        try:
-            yield mnt
-        finally:
-            for _ in range(20):
-                if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-                    break
-                subprocess.run(["sync"])
-            else:
-                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-    finally:
-        with contextlib.suppress(OSError):
-            mnt.rmdir()

@@ -33,7 +33,7 @@ def test_kernel_mounts_writes_and_fsck_stays_clean(variant: str, tmp_path: Path)
     mkfs(image, size, block_size=bs, **opts)  # type: ignore[arg-type]
     e2fsck_clean(image)
     payload = os.urandom(1 << 20)
-    with loop_mount(image) as mnt:
+    with loop_mount(image, "rw") as mnt:
         st = os.statvfs(mnt)
         assert st.f_bsize == bs
         (mnt / "dir" / "sub").mkdir(parents=True)
