@@ -44,6 +44,8 @@ from volfs.ext4.writer import Writer
 __all__ = ["Ext4Backend"]
 
 T = TypeVar("T")
+_ROOT = Ino(ROOT_INO)
+_ATTR_MEMO = 8192  # protocol Attrs remembered (see _attr); the memo starts over when full
 
 
 def _erofs(reason: str = "opened read-only") -> VolfsError:
@@ -75,6 +77,9 @@ class Ext4Backend:
         self._lock = threading.RLock()
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, _Handle] = {}
+        # Open handles per inode, so that _known is O(1) (kept with _handles, in _new_handle/release).
+        self._open: dict[int, int] = {}
+        self._attrs: dict[int, tuple[EngineAttr, Attr]] = {}
         self._next_fh = 1
 
     @property
@@ -121,14 +126,21 @@ class Ext4Backend:
             return fn()
 
     def _known(self, ino: Ino) -> None:
-        if int(ino) != int(ROOT_INO) and ino not in self._lookups and not any(
-                h.ino == ino for h in self._handles.values()):
+        if ino not in self._lookups and ino not in self._open and ino != _ROOT:
             raise error(errno.ESTALE, f"unknown inode {ino}")
 
-    @staticmethod
-    def _attr(a: EngineAttr) -> Attr:
-        return Attr(Ino(a.ino), a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns, a.mtime_ns,
-                    a.ctime_ns, a.crtime_ns, a.generation)
+    def _attr(self, a: EngineAttr) -> Attr:
+        # The engine hands out the same (frozen) Attr object while the inode is unchanged, so the
+        # protocol's copy is made once per version of the inode, not once per call.
+        memo = self._attrs.get(a.ino)
+        if memo is not None and memo[0] is a:
+            return memo[1]
+        out = Attr(Ino(a.ino), a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns, a.mtime_ns,
+                   a.ctime_ns, a.crtime_ns, a.generation)
+        if len(self._attrs) >= _ATTR_MEMO:
+            self._attrs.clear()
+        self._attrs[a.ino] = (a, out)
+        return out
 
     def _getattr(self, ino: int) -> Attr:
         try:
@@ -293,8 +305,9 @@ class Ext4Backend:
     def _new_handle(self, ino: int, flags: OpenFlags) -> FileHandle:
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = _Handle(ino, flags)
         self._fs.pin(ino)
+        self._handles[fh] = _Handle(ino, flags)
+        self._open[ino] = self._open.get(ino, 0) + 1
         return FileHandle(fh)
 
     def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview) -> int:
@@ -364,6 +377,11 @@ class Ext4Backend:
             h = self._handles.pop(fh, None)
             if h is None:
                 raise error(errno.EBADF, "unknown file handle")
+            n = self._open.get(h.ino, 0) - 1
+            if n > 0:
+                self._open[h.ino] = n
+            else:
+                self._open.pop(h.ino, None)
             self._fs.unpin(h.ino)
 
     # -- xattrs and filesystem-wide ------------------------------------------------------
@@ -395,4 +413,6 @@ class Ext4Backend:
                 self._engine = None
                 self._lookups.clear()
                 self._handles.clear()
+                self._open.clear()
+                self._attrs.clear()
                 engine.close()

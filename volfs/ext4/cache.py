@@ -18,12 +18,28 @@ stale cached copy of the blocks it overwrites.
 ``reads`` counts device reads of metadata blocks (tests use it to prove
 that an htree lookup touches O(log n) blocks); ``run_reads`` counts data
 run reads.
+
+The epoch.  Decoded structures above this cache (parsed inodes, group
+descriptors, runlists, directory name indexes in :mod:`volfs.ext4.filesystem`)
+must never outlive the bytes they were decoded from.  :attr:`BlockCache.epoch`
+is a counter that moves whenever the contents :meth:`BlockCache.read` would
+return for *some* block may have changed: any change to :attr:`dirty` (it is a
+map that counts its own mutations, so the transaction code needs no
+cooperation), a new overlay, a block taken in by :meth:`remember` that is not
+the dirty copy already being served, and data written over cached blocks
+(:meth:`forget_range`).  Merely evicting a clean block does not move it: the
+device still holds the same bytes, so a re-read returns equal contents.  A
+decoded structure stamped with the current epoch is therefore still exact;
+one stamped with an older epoch must be re-checked against the bytes it came
+from (cheaply: identity of the ``bytes`` object this cache returns, else
+equality of the raw record) before it is trusted again.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from volfs.errors import CorruptError
 from volfs.ext4.device import BlockDevice
@@ -31,9 +47,56 @@ from volfs.ext4.device import BlockDevice
 __all__ = ["BlockCache"]
 
 
+class _DirtyMap(dict[int, bytes]):
+    """The transaction's dirty blocks; every mutation moves the owning cache's epoch.
+
+    A plain dict for readers (``get``, ``[]``, iteration stay the C
+    implementations); only the mutators are wrapped.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: BlockCache) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def __setitem__(self, block: int, data: bytes) -> None:
+        dict.__setitem__(self, block, data)
+        self._owner.epoch += 1
+
+    def __delitem__(self, block: int) -> None:
+        dict.__delitem__(self, block)
+        self._owner.epoch += 1
+
+    def pop(self, block: int, *default: bytes | None) -> bytes | None:  # type: ignore[override]
+        self._owner.epoch += 1
+        return dict.pop(self, block, *default)
+
+    def popitem(self) -> tuple[int, bytes]:
+        self._owner.epoch += 1
+        return dict.popitem(self)
+
+    def clear(self) -> None:
+        self._owner.epoch += 1
+        dict.clear(self)
+
+    def update(self, other: Mapping[int, bytes], /) -> None:  # type: ignore[override]
+        self._owner.epoch += 1
+        dict.update(self, other)
+
+    def setdefault(self, block: int, default: bytes) -> bytes:
+        self._owner.epoch += 1
+        return dict.setdefault(self, block, default)
+
+    def __ior__(self, other: Mapping[int, bytes]) -> _DirtyMap:  # type: ignore[override,misc]
+        self._owner.epoch += 1
+        dict.update(self, other)
+        return self
+
+
 class BlockCache:
     __slots__ = ("device", "block_size", "blocks_count", "capacity", "reads", "run_reads",
-                 "_lru", "_overlay", "_overlay_keys", "dirty")
+                 "_lru", "_overlay", "_overlay_keys", "dirty", "epoch")
 
     def __init__(self, device: BlockDevice, block_size: int, blocks_count: int, capacity: int = 2048) -> None:
         self.device = device
@@ -45,13 +108,15 @@ class BlockCache:
         self._lru: OrderedDict[int, bytes] = OrderedDict()
         self._overlay: dict[int, bytes] = {}
         self._overlay_keys: list[int] = []
-        self.dirty: dict[int, bytes] = {}
+        self.epoch = 0
+        self.dirty: dict[int, bytes] = _DirtyMap(self)
 
     def set_overlay(self, blocks: dict[int, bytes]) -> None:
         """Install blocks that supersede the device (journal replay)."""
         self._overlay = dict(blocks)
         self._overlay_keys = sorted(self._overlay)
         self._lru.clear()
+        self.epoch += 1
 
     @property
     def overlay(self) -> dict[int, bytes]:
@@ -122,6 +187,7 @@ class BlockCache:
         return data
 
     def drop(self) -> None:
+        # Clean copies only: the device holds the same bytes, so the epoch stays.
         self._lru.clear()
 
     def clear_overlay(self) -> None:
@@ -129,9 +195,13 @@ class BlockCache:
         self._overlay = {}
         self._overlay_keys = []
         self._lru.clear()
+        self.epoch += 1
 
     def remember(self, block: int, data: bytes) -> None:
         """Keep a block just written to the device as a clean cached copy."""
+        if self.dirty.get(block) is not data:
+            # Not the copy already being served from the transaction: readers may see new bytes.
+            self.epoch += 1
         self._lru[block] = data
         self._lru.move_to_end(block)
         if len(self._lru) > self.capacity:
@@ -139,6 +209,8 @@ class BlockCache:
 
     def forget_range(self, block: int, count: int) -> None:
         """Drop cached copies of ``count`` blocks from ``block`` (file data overwrote them)."""
+        # The device bytes changed: whatever was decoded from these blocks is suspect.
+        self.epoch += 1
         lru = self._lru
         if not lru:
             return

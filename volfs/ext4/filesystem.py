@@ -5,7 +5,7 @@ superblock, refuses unknown incompat features, and, when the image needs
 recovery, replays the journal into the block cache's overlay (nothing is
 written); the superblock is then re-read through that overlay.  Group
 descriptors, inodes, runlists and parsed directory blocks are decoded on
-first use and kept in bounded caches.
+first use and kept in bounded caches (see "Decoded caches" below).
 
 Every checksum of metadata_csum is verified where the structure is read.
 With ``salvage=True`` mismatches are ignored (structural corruption is still
@@ -17,6 +17,31 @@ memory.
 The API is shaped for a FUSE-like backend: names are bytes, attributes carry
 nanosecond timestamps, readdir offsets are positions that stay valid
 (nothing moves in a read-only view), and reads move whole runs.
+
+Decoded caches.  Parsed inodes, group descriptors, runlists, htree roots and
+the name indexes of linear directories are kept between calls, and none of
+them can be used stale, whatever the write side does and whether or not it
+remembers to call :meth:`Filesystem.forget_inode` and friends (it still
+does; they just drop entries early).  Each entry is stamped with the block
+cache's epoch (:attr:`BlockCache.epoch`, which moves on every change to the
+bytes the cache serves) and remembers the bytes it was decoded from:
+
+* same epoch: nothing the cache serves has changed since the entry was last
+  checked, so it is exact (the O(1) path of every read-only workload);
+* older epoch: the source bytes are read again through the cache (no device
+  read when they are cached) and compared, by identity of the ``bytes``
+  object first (a block the write side modified is always a new object, and
+  holding the old object keeps its identity from being reused) and by value
+  second (an evicted block comes back as a new but equal object).  Equal
+  bytes: the entry is re-stamped and used.  Different: it is decoded again.
+
+What an entry depends on: a parsed inode on its raw record; a group
+descriptor on its raw descriptor; a runlist on the inode's raw record plus
+every extent-tree or block-map block read to build it; an htree root on the
+directory's block 0; a name index on the directory's raw inode record (its
+size and block mapping) and every leaf block (see :class:`_NameIndex`).
+Decoding also depends on superblock fields (features, geometry, checksum
+seed): :meth:`reload_superblock` drops everything when those change.
 """
 
 from __future__ import annotations
@@ -102,6 +127,8 @@ if TYPE_CHECKING:
 __all__ = ["Filesystem", "Attr", "StatFs", "FeatureReport", "ROOT_INO"]
 
 ROOT_INO: Final = InodeNo(2)
+# Total cost (see _NameIndex: about 128 bytes a unit, so roughly 32 MiB) of linear-directory name indexes.
+DIR_INDEX_BUDGET: Final = 1 << 18
 NAME_MAX: Final = 255
 _PATH_MAX: Final = 4096
 # xattr name indexes the kernel lists (user, ACLs, trusted, security).
@@ -113,6 +140,8 @@ V = TypeVar("V")
 
 class _Lru(Generic[K, V]):
     __slots__ = ("_d", "_cap")
+
+    # A bounded map with least-recently-used eviction (decoded structures).
 
     def __init__(self, capacity: int) -> None:
         self._d: OrderedDict[K, V] = OrderedDict()
@@ -134,6 +163,114 @@ class _Lru(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._d.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+class _InodeSlot:
+    """A parsed inode and where its record was read (see "Decoded caches")."""
+
+    __slots__ = ("epoch", "block", "data", "offset", "rec")
+
+    def __init__(self, epoch: int, block: int, data: bytes, offset: int, rec: Inode) -> None:
+        self.epoch = epoch
+        self.block = block
+        self.data = data
+        self.offset = offset
+        self.rec = rec
+
+
+class _DescSlot:
+    """A parsed group descriptor, its raw bytes and where they were read."""
+
+    __slots__ = ("epoch", "block", "data", "raw", "desc")
+
+    def __init__(self, epoch: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:
+        self.epoch = epoch
+        self.block = block
+        self.data = data
+        self.raw = raw
+        self.desc = desc
+
+
+class _RunSlot:
+    """A runlist, the inode record it was built from and the tree blocks it read."""
+
+    __slots__ = ("epoch", "rec", "deps", "runlist")
+
+    def __init__(self, epoch: int, rec: Inode, deps: list[tuple[int, bytes]], runlist: RunList) -> None:
+        self.epoch = epoch
+        self.rec = rec
+        self.deps = deps
+        self.runlist = runlist
+
+
+class _DxSlot:
+    """A parsed htree root and the directory block 0 it came from."""
+
+    __slots__ = ("epoch", "block", "generation", "data", "root")
+
+    def __init__(self, epoch: int, block: int, generation: int, data: bytes, root: DxIndex) -> None:
+        self.epoch = epoch
+        self.block = block
+        self.generation = generation
+        self.data = data
+        self.root = root
+
+
+class _ParsedSlot:
+    """A parsed directory block (leaf entries or an htree node) and the bytes it came from."""
+
+    __slots__ = ("physical", "generation", "data", "value")
+
+    def __init__(self, physical: int, generation: int, data: bytes, value: list[DirEntry] | DxLevel) -> None:
+        self.physical = physical
+        self.generation = generation
+        self.data = data
+        self.value = value
+
+
+class _IndexedBlock:
+    """One leaf block of a name index: where it is, the bytes parsed, the names they hold."""
+
+    __slots__ = ("logical", "physical", "data", "names")
+
+    def __init__(self, logical: int, physical: int, data: bytes) -> None:
+        self.logical = logical
+        self.physical = physical
+        self.data = data
+        self.names: tuple[bytes, ...] = ()
+
+
+class _NameIndex:
+    """name -> inode of one linear (non-htree) directory, built from one pass over its blocks.
+
+    ``blocks`` holds an :class:`_IndexedBlock` for every mapped block, in
+    logical order: the exact ``bytes`` object its names were parsed from and
+    those names.  After the cache's epoch moves, the
+    directory is walked again through the block cache and each block compared
+    with the one held (same physical block, same object or equal bytes):
+    unchanged blocks keep their names, changed ones are re-parsed and only
+    their names replaced, so a directory being modified costs one cheap
+    comparison per block and one parse per changed block.  Names are unique
+    in a sound directory; an image with duplicate names (``dups``) is rebuilt
+    from scratch on any change, first entry in readdir order winning, as a
+    scan would find it.
+
+    ``cost`` bounds memory: one unit (about 128 bytes) per name, a block's
+    size in units per held block, plus a constant.
+    """
+
+    __slots__ = ("epoch", "rec", "blocks", "names", "cost", "dups")
+
+    def __init__(self, rec: Inode) -> None:
+        self.epoch = -1
+        self.rec = rec
+        self.blocks: list[_IndexedBlock] = []
+        self.names: dict[bytes, InodeNo] = {}
+        self.cost = 0
+        self.dups = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,10 +341,18 @@ class Filesystem:
         self.sb = self._read_superblock(device.pread(1024, SUPERBLOCK_OFFSET))
         check_features(self.sb, path)
         self.cache = BlockCache(device, self.sb.block_size, self.sb.blocks_count, cache_blocks)
-        self._inodes: _Lru[int, Inode] = _Lru(8192)
-        self._runlists: _Lru[int, RunList] = _Lru(1024)
-        self._descs: dict[int, GroupDesc] = {}
-        self._dx_roots: _Lru[int, DxIndex] = _Lru(256)
+        self._inodes: _Lru[int, _InodeSlot] = _Lru(8192)
+        self._runlists: _Lru[int, _RunSlot] = _Lru(8192)
+        # getattr's answer per inode, valid while inode() returns the very Inode it was made from.
+        self._attrs: _Lru[int, tuple[Inode, Attr]] = _Lru(8192)
+        self._descs: dict[int, _DescSlot] = {}
+        self._dx_roots: _Lru[int, _DxSlot] = _Lru(256)
+        # Parsed leaf blocks and htree nodes by (kind, directory, logical block), checked on every use.
+        self._parsed: _Lru[tuple[str, int, int], _ParsedSlot] = _Lru(256)
+        # Name indexes of linear directories, least recently used first, bounded by total cost.
+        self._names: OrderedDict[int, _NameIndex] = OrderedDict()
+        self._names_cost = 0
+        self.dir_index_budget = DIR_INDEX_BUDGET
         self.replay: Replay | None = None
         self.recovered = False
         if self.sb.has_incompat(INCOMPAT_RECOVER):
@@ -288,20 +433,35 @@ class Filesystem:
 
     def forget_inode(self, ino: int) -> None:
         self._inodes.pop(ino)
+        self._attrs.pop(ino)
         self._runlists.pop(ino)
         self._dx_roots.pop(ino)
 
     def forget_all(self) -> None:
         """Drop every decoded structure (after a rolled-back operation)."""
         self._inodes.clear()
+        self._attrs.clear()
         self._runlists.clear()
         self._descs.clear()
         self._dx_roots.clear()
+        self._parsed.clear()
+        self._names.clear()
+        self._names_cost = 0
 
     def reload_superblock(self) -> None:
         bs = self.sb.block_size
         raw = self.cache.read(SUPERBLOCK_OFFSET // bs, "superblock")[SUPERBLOCK_OFFSET % bs :][:1024]
+        before = self._decode_context()
         self.sb = self._read_superblock(raw)
+        if self._decode_context() != before:
+            self.forget_all()
+
+    def _decode_context(self) -> tuple[object, ...]:
+        """The superblock fields that decoding inodes, descriptors and directories depends on."""
+        sb = self.sb
+        return (sb.compat, sb.incompat, sb.ro_compat, self.fs_seed, sb.uuid, sb.block_size, sb.blocks_count,
+                sb.inodes_count, sb.inodes_per_group, sb.inode_size, sb.desc_size, sb.first_data_block,
+                sb.first_meta_bg, sb.group_count, sb.flags, sb.hash_seed)
 
     # Pins: inodes held open by a handle live on after their last link goes.
 
@@ -365,9 +525,7 @@ class Filesystem:
         raw = self.cache.read(first, "superblock")[SUPERBLOCK_OFFSET % bs :][:1024]
         self.sb = self._read_superblock(raw)
         check_features(self.sb, self.path)
-        self._inodes.clear()
-        self._runlists.clear()
-        self._descs.clear()
+        self.forget_all()
 
     # --- groups and inodes ------------------------------------------------
 
@@ -382,9 +540,11 @@ class Filesystem:
                              tuple(feature_names(sb.ro_compat, RO_COMPAT, "R")))
 
     def group_desc(self, group: int) -> GroupDesc:
-        d = self._descs.get(group)
-        if d is not None:
-            return d
+        """The decoded descriptor of ``group`` (checked; cached as "Decoded caches" says)."""
+        slot = self._descs.get(group)
+        epoch = self.cache.epoch
+        if slot is not None and slot.epoch == epoch:
+            return slot.desc
         sb = self.sb
         if not 0 <= group < sb.group_count:
             raise CorruptError("group descriptor", f"group {group} does not exist")
@@ -392,9 +552,15 @@ class Filesystem:
         blk = descriptor_block(sb, group // per_block)
         data = self.cache.read(blk, "group descriptor")
         off = (group % per_block) * sb.desc_size
-        d = parse_group_desc(sb, self.fs_seed, group, data[off : off + sb.desc_size], verify=not self.salvage,
-                             block=blk)
-        self._descs[group] = d
+        if slot is not None and slot.block == blk and slot.data is data:
+            slot.epoch = epoch
+            return slot.desc
+        raw = data[off : off + sb.desc_size]
+        if slot is not None and slot.raw == raw:
+            slot.epoch, slot.block, slot.data = epoch, blk, data
+            return slot.desc
+        d = parse_group_desc(sb, self.fs_seed, group, raw, verify=not self.salvage, block=blk)
+        self._descs[group] = _DescSlot(epoch, blk, data, raw, d)
         return d
 
     def verify_bitmaps(self) -> None:
@@ -406,9 +572,11 @@ class Filesystem:
 
     def inode(self, ino: InodeNo | int) -> Inode:
         """The decoded record of inode ``ino`` (checked), whether or not it is in use."""
-        cached = self._inodes.get(ino)
-        if cached is not None:
-            return cached
+        slot = self._inodes.get(ino)
+        cache = self.cache
+        epoch = cache.epoch
+        if slot is not None and slot.epoch == epoch:
+            return slot.rec
         sb = self.sb
         if not 1 <= ino <= sb.inodes_count:
             raise CorruptError("inode", f"inode number {ino} out of range", inode=ino)
@@ -420,12 +588,18 @@ class Filesystem:
                                    inode=ino)
         byte = index * sb.inode_size
         blk = desc.inode_table + byte // sb.block_size
-        data = self.cache.read(blk, "inode table", ino)
+        data = cache.read(blk, "inode table", ino)
         off = byte % sb.block_size
+        if slot is not None:
+            # Identity needs the same place too: the write side may store one bytes object in two blocks.
+            if (slot.data is data and slot.block == blk and slot.offset == off) or \
+                    slot.rec.raw == data[off : off + sb.inode_size]:
+                slot.epoch, slot.block, slot.data, slot.offset = epoch, blk, data, off
+                return slot.rec
         rec = parse_inode(ino, data[off : off + sb.inode_size], large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
                           huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
                           csum_seed=self.fs_seed if (sb.metadata_csum and not self.salvage) else None, block=blk)
-        self._inodes.put(ino, rec)
+        self._inodes.put(ino, _InodeSlot(epoch, blk, data, off, rec))
         return rec
 
     def _live(self, ino: InodeNo | int) -> Inode:
@@ -439,12 +613,17 @@ class Filesystem:
 
     def getattr(self, ino: InodeNo | int) -> Attr:
         r = self._live(ino)
+        memo = self._attrs.get(ino)
+        if memo is not None and memo[0] is r:
+            return memo[1]
         blocks = r.blocks_512
         if r.flags & EXT4_INLINE_DATA_FL and r.is_reg:
             # As the kernel's ext4_file_getattr: count inline bytes so the file does not look sparse.
             blocks += (r.size + 511) >> 9
-        return Attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, blocks, r.atime_ns,
+        attr = Attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, blocks, r.atime_ns,
                     r.mtime_ns, r.ctime_ns, r.crtime_ns, r.flags, r.generation, self.sb.block_size)
+        self._attrs.put(ino, (r, attr))
+        return attr
 
     def _inode_seed(self, rec: Inode) -> int | None:
         if not self.sb.metadata_csum or self.salvage:
@@ -453,21 +632,33 @@ class Filesystem:
 
     def runlist(self, rec: Inode) -> RunList:
         """The runlist of an extent- or block-mapped inode (built once, then cached)."""
-        cached = self._runlists.get(rec.ino)
-        if cached is not None:
-            return cached
+        slot = self._runlists.get(rec.ino)
+        cache = self.cache
+        epoch = cache.epoch
+        if slot is not None and (slot.rec is rec or slot.rec.raw == rec.raw):
+            if slot.epoch == epoch or all(cache.read(b, "extent tree", rec.ino) == data for b, data in slot.deps):
+                slot.epoch = epoch
+                slot.rec = rec
+                return slot.runlist
         sb = self.sb
+        deps: list[tuple[int, bytes]] = []
+
+        def read(block: int, structure: str) -> bytes:
+            data = cache.read(block, structure, rec.ino)
+            deps.append((block, data))
+            return data
+
         if rec.flags & EXT4_INLINE_DATA_FL:
             rl = RunList([])
         elif rec.flags & EXT4_EXTENTS_FL:
-            runs = extent_runs(rec.ino, rec.i_block, lambda b: self.cache.read(b, "extent tree", rec.ino),
+            runs = extent_runs(rec.ino, rec.i_block, lambda b: read(b, "extent tree"),
                                sb.block_size, sb.blocks_count, self._inode_seed(rec))
             rl = RunList(runs)
         else:
-            runs = blockmap_runs(rec.ino, rec.i_block, rec.size, lambda b: self.cache.read(b, "block map", rec.ino),
+            runs = blockmap_runs(rec.ino, rec.i_block, rec.size, lambda b: read(b, "block map"),
                                  sb.block_size, sb.blocks_count)
             rl = RunList(runs)
-        self._runlists.put(rec.ino, rl)
+        self._runlists.put(rec.ino, _RunSlot(epoch, rec, deps, rl))
         return rl
 
     # --- file data --------------------------------------------------------
@@ -562,6 +753,29 @@ class Filesystem:
             raise CorruptError("directory", f"logical block {lblock} is a hole or beyond i_size", inode=rec.ino)
         return phys, self.cache.read(phys, "directory block", rec.ino)
 
+    def _parsed_block(self, kind: str, rec: Inode, lblock: int, phys: int, data: bytes) -> _ParsedSlot | None:
+        """The cached parse of directory block ``lblock`` of ``rec`` if it was made from these bytes.
+
+        A parse depends on the block's bytes, its place (``phys``, and ``lblock``
+        for readdir offsets) and the inode seed (number and generation): all of
+        them are compared, the bytes by identity, else by value.
+        """
+        slot = self._parsed.get((kind, rec.ino, lblock))
+        if slot is not None and slot.physical == phys and slot.generation == rec.generation and \
+                (slot.data is data or slot.data == data):
+            slot.data = data
+            return slot
+        return None
+
+    def _leaf_entries_cached(self, rec: Inode, lblock: int, phys: int, data: bytes) -> list[DirEntry]:
+        """:meth:`_leaf_entries` through the parsed-block cache (callers never mutate the list)."""
+        slot = self._parsed_block("leaf", rec, lblock, phys, data)
+        if slot is not None and isinstance(slot.value, list):
+            return slot.value
+        entries = self._leaf_entries(rec, lblock, phys, data)
+        self._parsed.put(("leaf", rec.ino, lblock), _ParsedSlot(phys, rec.generation, data, entries))
+        return entries
+
     def _leaf_entries(self, rec: Inode, lblock: int, phys: int, data: bytes) -> list[DirEntry]:
         sb = self.sb
         return parse_dir_block(data, ino=rec.ino, block=phys, base=lblock * sb.block_size,
@@ -617,7 +831,7 @@ class Filesystem:
                         raise CorruptError("htree", "index block checksum mismatch", inode=rec.ino, block=pb)
                     continue
                 else:
-                    entries = self._leaf_entries(rec, lb, pb, data)
+                    entries = self._leaf_entries_cached(rec, lb, pb, data)
                 for e in entries:
                     if e.offset >= offset:
                         yield e
@@ -654,15 +868,25 @@ class Filesystem:
         found: DirEntry | None = None
         if rec.flags & EXT4_INLINE_DATA_FL:
             found = next((e for e in self._inline_entries(rec) if e.name == name), None)
-        elif self._is_dx(rec) and name != b"..":
-            try:
-                found = self._dx_find(rec, name)
-            except CorruptError as exc:
-                if exc.structure != "htree":
-                    raise
-                # The kernel falls back to a linear scan when the index is unusable.
-                found = self._linear_find(rec, name)
+        elif self._is_dx(rec):
+            if name == b"..":
+                found = self._linear_find(rec, name)  # in block 0, the scan's first stop
+            else:
+                try:
+                    found = self._dx_find(rec, name)
+                except CorruptError as exc:
+                    if exc.structure != "htree":
+                        raise
+                    # The kernel falls back to a linear scan when the index is unusable.
+                    found = self._linear_find(rec, name)
         else:
+            # A linear directory: one pass builds its name index, then lookups are O(1).
+            index = self._name_index(rec)
+            if index is not None:
+                hit = index.get(name)
+                if hit is None:
+                    raise error(errno.ENOENT, f"no entry {name!r} in directory {dir_ino}")
+                return hit
             found = self._linear_find(rec, name)
         if found is None:
             raise error(errno.ENOENT, f"no entry {name!r} in directory {dir_ino}")
@@ -674,16 +898,133 @@ class Filesystem:
                 return e
         return None
 
+    # Name indexes of linear directories (see _NameIndex and "Decoded caches").
+
+    def _name_index(self, rec: Inode) -> dict[bytes, InodeNo] | None:
+        """The current names of linear directory ``rec``, or None when it cannot be indexed.
+
+        None (the caller then scans, exactly as before there were indexes) when
+        the directory would not fit :attr:`dir_index_budget` or a block does not
+        parse: a scan that finds its name before a corrupt block still succeeds.
+        """
+        indexes = self._names
+        idx = indexes.get(rec.ino)
+        epoch = self.cache.epoch
+        if idx is not None:
+            indexes.move_to_end(rec.ino)
+            if idx.epoch == epoch and (idx.rec is rec or idx.rec.raw == rec.raw):
+                idx.rec = rec
+                return idx.names
+            old_cost = idx.cost
+            if idx.rec.generation != rec.generation:
+                # Another directory under the same number: parses depend on the generation (seed).
+                idx.blocks = []
+                idx.names.clear()
+                idx.dups = False
+        else:
+            idx = _NameIndex(rec)
+            old_cost = 0
+        try:
+            ok = self._refresh_index(idx, rec, epoch)
+        except CorruptError:
+            ok = False
+        if not ok:
+            if indexes.pop(rec.ino, None) is not None:
+                self._names_cost -= old_cost
+            return None
+        if rec.ino not in indexes:
+            indexes[rec.ino] = idx
+        self._names_cost += idx.cost - old_cost
+        while self._names_cost > self.dir_index_budget and len(indexes) > 1:
+            _ino, victim = indexes.popitem(last=False)
+            self._names_cost -= victim.cost
+        return idx.names
+
+    def _refresh_index(self, idx: _NameIndex, rec: Inode, epoch: int) -> bool:
+        """Bring ``idx`` up to date with directory ``rec`` (see _NameIndex); False: over budget."""
+        bs = self.sb.block_size
+        block_cost = max(bs >> 7, 1)
+        budget = self.dir_index_budget
+        nblocks = (rec.size + bs - 1) // bs
+        if nblocks * block_cost > budget:
+            return False
+        held = {b.logical: b for b in idx.blocks}
+        fresh: list[_IndexedBlock] = []
+        changed: list[_IndexedBlock] = []
+        stale: list[_IndexedBlock] = []
+        cache = self.cache
+        for logical, count, phys in self.runlist(rec).segments(0, nblocks):
+            if phys is None:
+                continue  # holes hold no names (readdir skips them)
+            for lb in range(logical, logical + count):
+                pb = phys + lb - logical
+                data = cache.read(pb, "directory block", rec.ino)
+                old = held.pop(lb, None)
+                if old is not None and old.physical == pb and (old.data is data or old.data == data):
+                    old.data = data
+                    fresh.append(old)
+                    continue
+                if old is not None:
+                    stale.append(old)
+                blk = _IndexedBlock(lb, pb, data)
+                fresh.append(blk)
+                changed.append(blk)
+        stale += held.values()
+        names = idx.names
+        rebuild = idx.dups and bool(stale or changed)
+        if not rebuild:
+            for old in stale:
+                for n in old.names:
+                    del names[n]
+            for blk in changed:
+                added: list[bytes] = []
+                for e in self._leaf_entries(rec, blk.logical, blk.physical, blk.data):
+                    if e.name in names:
+                        rebuild = True  # a name twice: only a pass in readdir order gets the winner right
+                        break
+                    names[e.name] = e.ino
+                    added.append(e.name)
+                if rebuild:
+                    break
+                blk.names = tuple(added)
+        if rebuild:
+            names.clear()
+            idx.dups = False
+            for blk in fresh:
+                kept: list[bytes] = []
+                for e in self._leaf_entries(rec, blk.logical, blk.physical, blk.data):
+                    if e.name in names:
+                        idx.dups = True  # the first one, as a scan finds it, stays
+                    else:
+                        names[e.name] = e.ino
+                        kept.append(e.name)
+                blk.names = tuple(kept)
+        idx.blocks = fresh
+        idx.cost = 8 + len(names) + len(fresh) * block_cost
+        if idx.cost > budget:
+            return False
+        idx.epoch = epoch
+        idx.rec = rec
+        return True
+
     def _dx_find(self, rec: Inode, name: bytes) -> DirEntry | None:
         bs = self.sb.block_size
         seed = self._inode_seed(rec)
-        root = self._dx_roots.get(rec.ino)
-        if root is None:
+        slot = self._dx_roots.get(rec.ino)
+        epoch = self.cache.epoch
+        if slot is not None and slot.epoch == epoch:
+            root = slot.root
+        else:
             pb, data = self._dir_block(rec, 0)
-            root = parse_dx_root(data, ino=rec.ino, block=pb, block_size=bs,
-                                 large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=seed,
-                                 salvage=self.salvage)
-            self._dx_roots.put(rec.ino, root)
+            if slot is not None and slot.block == pb and slot.generation == rec.generation and \
+                    (slot.data is data or slot.data == data):
+                slot.epoch, slot.data = epoch, data
+                root = slot.root
+            else:
+                root = parse_dx_root(data, ino=rec.ino, block=pb, block_size=bs,
+                                     large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=seed,
+                                     salvage=self.salvage)
+                self._dx_roots.put(rec.ino, _DxSlot(epoch, pb, rec.generation, data, root))
         try:
             h, _minor = dirhash(name, self._hash_version(root), self.sb.hash_seed)
         except ValueError:
@@ -692,12 +1033,17 @@ class Filesystem:
 
         def read_node(lblock: int) -> DxLevel:
             pb, data = self._dir_block(rec, lblock)
-            return parse_dx_node(data, ino=rec.ino, block=pb, lblock=lblock, block_size=bs, csum_seed=seed,
+            slot = self._parsed_block("node", rec, lblock, pb, data)
+            if slot is not None and isinstance(slot.value, DxLevel):
+                return slot.value
+            node = parse_dx_node(data, ino=rec.ino, block=pb, lblock=lblock, block_size=bs, csum_seed=seed,
                                  salvage=self.salvage)
+            self._parsed.put(("node", rec.ino, lblock), _ParsedSlot(pb, rec.generation, data, node))
+            return node
 
         def read_leaf(lblock: int) -> list[DirEntry]:
             pb, data = self._dir_block(rec, lblock)
-            return self._leaf_entries(rec, lblock, pb, data)
+            return self._leaf_entries_cached(rec, lblock, pb, data)
 
         return dx_lookup(root, name, h, read_node, read_leaf, nblocks)
 

@@ -16,7 +16,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from volfs.errors import CorruptError
 from volfs.ext4._struct import Struct
@@ -128,59 +128,87 @@ def inode_checksum(seed: int, raw: bytes, extra_isize: int) -> int:
     return crc if has_hi else crc & 0xFFFF
 
 
+# Positions of the fields in INODE.unpack_tuple's result (parse_inode is hot: no name lookups there).
+_I_MODE: Final = _IDX["i_mode"]
+_I_UID: Final = _IDX["i_uid"]
+_I_SIZE_LO: Final = _IDX["i_size_lo"]
+_I_ATIME: Final = _IDX["i_atime"]
+_I_CTIME: Final = _IDX["i_ctime"]
+_I_MTIME: Final = _IDX["i_mtime"]
+_I_DTIME: Final = _IDX["i_dtime"]
+_I_GID: Final = _IDX["i_gid"]
+_I_LINKS: Final = _IDX["i_links_count"]
+_I_BLOCKS_LO: Final = _IDX["i_blocks_lo"]
+_I_FLAGS: Final = _IDX["i_flags"]
+_I_VERSION: Final = _IDX["l_i_version"]
+_I_BLOCK_OFF: Final = INODE.offsets["i_block"]
+_I_GENERATION: Final = _IDX["i_generation"]
+_I_FILE_ACL_LO: Final = _IDX["i_file_acl_lo"]
+_I_SIZE_HIGH: Final = _IDX["i_size_high"]
+_I_BLOCKS_HIGH: Final = _IDX["l_i_blocks_high"]
+_I_FILE_ACL_HIGH: Final = _IDX["l_i_file_acl_high"]
+_I_UID_HIGH: Final = _IDX["l_i_uid_high"]
+_I_GID_HIGH: Final = _IDX["l_i_gid_high"]
+_I_CSUM_LO: Final = _IDX["l_i_checksum_lo"]
+_I_EXTRA_ISIZE: Final = _IDX["i_extra_isize"]
+_I_CSUM_HI: Final = _IDX["i_checksum_hi"]
+_I_CTIME_EXTRA: Final = _IDX["i_ctime_extra"]
+_I_MTIME_EXTRA: Final = _IDX["i_mtime_extra"]
+_I_ATIME_EXTRA: Final = _IDX["i_atime_extra"]
+_I_CRTIME: Final = _IDX["i_crtime"]
+_I_CRTIME_EXTRA: Final = _IDX["i_crtime_extra"]
+_I_VERSION_HI: Final = _IDX["i_version_hi"]
+_I_PROJID: Final = _IDX["i_projid"]
+
+
 def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block_size: int,
                 csum_seed: int | None, block: int | None = None) -> Inode:
     """Decode a record; with ``csum_seed`` (the fs seed under metadata_csum) verify it."""
     extended = len(raw) > INODE_BASE_SIZE
     head = raw if len(raw) >= INODE.size else raw + bytes(INODE.size - len(raw))
-    v = INODE.unpack_tuple(head)
+    # Every field but i_block is an integer (the table says so); i_block is the one "60s".
+    v = cast("tuple[int, ...]", INODE.unpack_tuple(head))
 
-    def u(name: str) -> int:
-        x = v[_IDX[name]]
-        return x if isinstance(x, int) else 0
-
-    extra_isize = u("i_extra_isize") if extended else 0
+    extra_isize = v[_I_EXTRA_ISIZE] if extended else 0
     if extended and (extra_isize & 3 or INODE_BASE_SIZE + extra_isize > len(raw)):
         raise CorruptError("inode", f"i_extra_isize {extra_isize} is invalid", inode=ino, block=block)
     if csum_seed is not None:
-        seed = inode_seed(csum_seed, ino, u("i_generation"))
+        seed = inode_seed(csum_seed, ino, v[_I_GENERATION])
         want = inode_checksum(seed, raw, extra_isize)
-        stored = u("l_i_checksum_lo")
+        stored = v[_I_CSUM_LO]
         if extended and extra_isize >= 4:
-            stored |= u("i_checksum_hi") << 16
+            stored |= v[_I_CSUM_HI] << 16
         if want != stored:
             raise CorruptError("inode", f"checksum 0x{stored:08x} != computed 0x{want:08x}", inode=ino,
                                block=block)
 
-    def extra(name: str, need: int) -> int | None:
-        return u(name) if extended and extra_isize >= need else None
-
-    mode = u("i_mode")
-    size = u("i_size_lo")
+    # Extra fields exist only when i_extra_isize covers them (offset from 128 + size, as the kernel).
+    covered = extra_isize if extended else 0
+    mode = v[_I_MODE]
+    size = v[_I_SIZE_LO]
     if large_dir or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         # ext4 keeps i_size_high for directories too (ext2's i_dir_acl was never used).
-        size |= u("i_size_high") << 32
-    flags = u("i_flags")
-    blocks = u("i_blocks_lo")
+        size |= v[_I_SIZE_HIGH] << 32
+    flags = v[_I_FLAGS]
+    blocks = v[_I_BLOCKS_LO]
     if huge_file:
-        blocks |= u("l_i_blocks_high") << 32
+        blocks |= v[_I_BLOCKS_HIGH] << 32
         if flags & EXT4_HUGE_FILE_FL:
             blocks *= block_size // 512
-    crtime_extra = extra("i_crtime_extra", 24)
-    crtime = extra("i_crtime", 20)
-    ib = v[_IDX["i_block"]]
+    ib = head[_I_BLOCK_OFF : _I_BLOCK_OFF + 60]
     return Inode(
-        ino=InodeNo(ino), mode=mode, uid=u("i_uid") | (u("l_i_uid_high") << 16),
-        gid=u("i_gid") | (u("l_i_gid_high") << 16), size=size, links_count=u("i_links_count"),
-        blocks_512=blocks, flags=flags, generation=u("i_generation"),
-        file_acl=u("i_file_acl_lo") | (u("l_i_file_acl_high") << 32),
-        atime_ns=_time_ns(u("i_atime"), extra("i_atime_extra", 16)),
-        mtime_ns=_time_ns(u("i_mtime"), extra("i_mtime_extra", 12)),
-        ctime_ns=_time_ns(u("i_ctime"), extra("i_ctime_extra", 8)),
-        crtime_ns=_time_ns(crtime, crtime_extra) if crtime is not None else None,
-        dtime=u("i_dtime"), i_block=ib if isinstance(ib, bytes) else b"", extra_isize=extra_isize,
-        projid=extra("i_projid", 32) or 0,
-        version=u("l_i_version") | ((extra("i_version_hi", 28) or 0) << 32), raw=bytes(raw),
+        ino=InodeNo(ino), mode=mode, uid=v[_I_UID] | (v[_I_UID_HIGH] << 16),
+        gid=v[_I_GID] | (v[_I_GID_HIGH] << 16), size=size, links_count=v[_I_LINKS],
+        blocks_512=blocks, flags=flags, generation=v[_I_GENERATION],
+        file_acl=v[_I_FILE_ACL_LO] | (v[_I_FILE_ACL_HIGH] << 32),
+        atime_ns=_time_ns(v[_I_ATIME], v[_I_ATIME_EXTRA] if covered >= 16 else None),
+        mtime_ns=_time_ns(v[_I_MTIME], v[_I_MTIME_EXTRA] if covered >= 12 else None),
+        ctime_ns=_time_ns(v[_I_CTIME], v[_I_CTIME_EXTRA] if covered >= 8 else None),
+        crtime_ns=_time_ns(v[_I_CRTIME], v[_I_CRTIME_EXTRA] if covered >= 24 else None) if covered >= 20 else None,
+        dtime=v[_I_DTIME], i_block=ib, extra_isize=extra_isize,
+        projid=v[_I_PROJID] if covered >= 32 else 0,
+        version=v[_I_VERSION] | ((v[_I_VERSION_HI] if covered >= 28 else 0) << 32),
+        raw=raw if type(raw) is bytes else bytes(raw),
     )
 
 
