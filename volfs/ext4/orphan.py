@@ -8,6 +8,13 @@ blocks are arrays of le32 inode numbers ending in a tail
 RO_COMPAT_ORPHAN_PRESENT is set.  The checksum is
 ``crc(fs seed, le32 ino, le32 generation, le64 physical block, entries)``.
 
+Writing (the kernel's orphan.c): an inode unlinked while open takes the first
+zero slot of the orphan file (else, when the file is full, the classic
+chain); RO_COMPAT_ORPHAN_PRESENT is set in the same transaction and
+cleared on a clean close once every slot is zero again.  A writable open
+first processes the entries left by a crash (frees unlinked inodes,
+truncates the rest to ``i_size``) and zeroes them.
+
 Readers show neither kind as a live file when its link count is zero (the
 kernel or e2fsck would delete it on the next mount).  Walks are bounded by
 the inode count, so a cycle in the chain cannot hang.
@@ -22,7 +29,8 @@ from typing import Final
 from volfs.errors import CorruptError
 from volfs.ext4.checksum import crc32c_raw
 
-__all__ = ["ORPHAN_BLOCK_MAGIC", "walk_orphan_chain", "orphan_file_entries", "orphan_block_checksum"]
+__all__ = ["ORPHAN_BLOCK_MAGIC", "walk_orphan_chain", "orphan_file_entries", "orphan_block_checksum",
+           "orphan_slots", "set_orphan_slot"]
 
 ORPHAN_BLOCK_MAGIC: Final = 0x0B10CA04
 
@@ -66,3 +74,22 @@ def orphan_file_entries(data: bytes, *, ino: int, generation: int, block: int, f
                                    block=block)
             out.append(entry)
     return out
+
+
+def orphan_slots(block_size: int) -> int:
+    """le32 entries per orphan-file block (the tail takes the last 8 bytes)."""
+    return (block_size - 8) // 4
+
+
+def set_orphan_slot(data: bytes, slot: int, value: int, *, ino: int, generation: int, block: int,
+                    fs_seed: int | None) -> bytearray:
+    """The block with entry ``slot`` set to ``value``; ob_magic kept and ob_checksum recomputed."""
+    buf = bytearray(data)
+    bs = len(buf)
+    if not 0 <= slot < orphan_slots(bs):
+        raise CorruptError("orphan file", f"slot {slot} beyond the block", inode=ino, block=block)
+    struct.pack_into("<I", buf, 4 * slot, value)
+    struct.pack_into("<I", buf, bs - 8, ORPHAN_BLOCK_MAGIC)  # ob_magic
+    if fs_seed is not None:
+        struct.pack_into("<I", buf, bs - 4, orphan_block_checksum(fs_seed, ino, generation, block, bytes(buf)))
+    return buf

@@ -41,8 +41,8 @@ cleared, index blocks rewritten as empty leaves, which e2fsck accepts).
 Removing an entry from an htree leaf keeps the index (as the kernel does).
 
 *Orphans.*  An inode whose last link goes while a handle holds it (a pin)
-is put on the ``s_last_orphan`` chain (``i_dtime`` links, as the kernel
-does), so a crash before its release is recovered by the next writer,
+is recorded in the orphan file when the image has one (orphan.py), else on
+the ``s_last_orphan`` chain (``i_dtime`` links, as the kernel does), so a crash before its release is recovered by the next writer,
 e2fsck or the kernel; the last release frees it and unchains it.
 """
 
@@ -117,16 +117,26 @@ from volfs.ext4.inode import (
 from volfs.ext4.checksum import inode_seed
 from volfs.ext4.journal import JOURNAL_SUPERBLOCK
 from volfs.ext4.superblock import (
+    COMPAT_ORPHAN_FILE,
     EXT4_VALID_FS,
     FLAGS_UNSIGNED_HASH,
     INCOMPAT_RECOVER,
     RO_COMPAT_METADATA_CSUM,
+    RO_COMPAT_ORPHAN_PRESENT,
     SUPERBLOCK_OFFSET,
     update_superblock,
 )
 from volfs.ext4.transaction import Transaction
 from volfs.ext4.types import InodeNo
-from volfs.ext4.xattr import XATTR_ENTRY, XATTR_MAGIC, pack_xattr_block, parse_ibody, split_name
+from volfs.ext4.xattr import (
+    ACL_INDEXES,
+    XATTR_ENTRY,
+    XATTR_MAGIC,
+    pack_xattr_block,
+    parse_ibody,
+    split_name,
+    xattr_to_acl,
+)
 
 if TYPE_CHECKING:
     from volfs.ext4.device import WritableBlockDevice
@@ -188,7 +198,7 @@ class Writer:
         self._put_sb({"s_mnt_count": (fs.sb.record.u("s_mnt_count") + 1) & 0xFFFF,
                       "s_mtime": int(now) & 0xFFFFFFFF, "s_mtime_hi": (int(now) >> 32) & 0xFF,
                       "s_state": fs.sb.state & ~EXT4_VALID_FS})
-        if fs.sb.last_orphan:
+        if fs.sb.last_orphan or fs.sb.has_ro_compat(RO_COMPAT_ORPHAN_PRESENT):
             with self.op():
                 self._process_orphans()
         self.commit()
@@ -267,6 +277,8 @@ class Writer:
         for ino in list(fs._pins):
             fs._pins.pop(ino, None)
             self.release_orphan(InodeNo(ino))
+        if fs.sb.has_ro_compat(RO_COMPAT_ORPHAN_PRESENT) and self._orphan_file_empty():
+            self._put_sb({"s_feature_ro_compat": fs.sb.ro_compat & ~RO_COMPAT_ORPHAN_PRESENT})
         self.commit(clean=True)
 
     @contextmanager
@@ -551,12 +563,57 @@ class Writer:
 
     # -- orphans -------------------------------------------------------------------------
 
+    def _orphan_file(self) -> Inode | None:
+        """The orphan file's inode when the orphan_file feature is on (orphan.py)."""
+        sb = self.fs.sb
+        if not sb.has_compat(COMPAT_ORPHAN_FILE) or not sb.orphan_file_inum:
+            return None
+        return self.fs.inode(sb.orphan_file_inum)
+
+    def _orphan_blocks(self, orec: Inode) -> Iterator[tuple[int, bytes]]:
+        """(physical block, contents) of every orphan-file block, tail magic checked."""
+        fs = self.fs
+        from volfs.ext4.orphan import orphan_file_entries
+
+        bs = fs.sb.block_size
+        rl = fs.runlist(orec)
+        for lb in range(orec.size // bs):
+            pb = rl.map(lb)
+            if pb is None:
+                raise CorruptError("orphan file", f"hole at block {lb}", inode=orec.ino)
+            data = fs.cache.read(pb, "orphan file", orec.ino)
+            orphan_file_entries(data, ino=orec.ino, generation=orec.generation, block=pb,
+                                fs_seed=self._csum_seed(), inodes_count=fs.sb.inodes_count)
+            yield pb, data
+
+    def _orphan_file_set(self, orec: Inode, old: int, new: int) -> bool:
+        """Replace the first slot holding ``old`` with ``new``; whether one was found."""
+        from volfs.ext4.orphan import orphan_slots, set_orphan_slot
+
+        slots = orphan_slots(self.fs.sb.block_size)
+        for pb, data in self._orphan_blocks(orec):
+            for slot, (value,) in enumerate(struct.iter_unpack("<I", data[: 4 * slots])):
+                if value == old:
+                    self.txn.put(pb, set_orphan_slot(data, slot, new, ino=orec.ino, generation=orec.generation,
+                                                     block=pb, fs_seed=self._csum_seed()))
+                    return True
+        return False
+
     def _orphan_add(self, ino: int, ed: InodeEditor) -> None:
+        orec = self._orphan_file()
+        if orec is not None and self._orphan_file_set(orec, 0, ino):
+            if not self.fs.sb.has_ro_compat(RO_COMPAT_ORPHAN_PRESENT):
+                self._put_sb({"s_feature_ro_compat": self.fs.sb.ro_compat | RO_COMPAT_ORPHAN_PRESENT})
+            return
+        # No orphan file, or it is full: the s_last_orphan chain (as the kernel falls back).
         ed.set("i_dtime", self.fs.sb.last_orphan)
         self._put_sb({"s_last_orphan": ino})
 
     def _orphan_remove(self, ino: int) -> None:
         fs = self.fs
+        orec = self._orphan_file()
+        if orec is not None and self._orphan_file_set(orec, ino, 0):
+            return
         nxt = fs.inode(ino).dtime
         if fs.sb.last_orphan == ino:
             self._put_sb({"s_last_orphan": nxt})
@@ -573,6 +630,15 @@ class Writer:
             cur = rec.dtime
             seen += 1
 
+    def _orphan_file_empty(self) -> bool:
+        orec = self._orphan_file()
+        if orec is None:
+            return True
+        from volfs.ext4.orphan import orphan_slots
+
+        n = 4 * orphan_slots(self.fs.sb.block_size)
+        return all(not any(data[:n]) for _pb, data in self._orphan_blocks(orec))
+
     def release_orphan(self, ino: InodeNo) -> None:
         """The last handle on ``ino`` went: free it if it has no links left."""
         fs = self.fs
@@ -588,17 +654,33 @@ class Writer:
         self.maybe_commit()
 
     def _process_orphans(self) -> None:
+        """Free or truncate every orphan a crash left: the chain, then the orphan file's entries."""
         fs = self.fs
         from volfs.ext4.orphan import walk_orphan_chain
 
         chain = walk_orphan_chain(fs.sb.last_orphan, fs.sb.inodes_count, lambda i: fs.inode(i).dtime)
-        self._put_sb({"s_last_orphan": 0})
+        if fs.sb.last_orphan:
+            self._put_sb({"s_last_orphan": 0})
         for ino in chain:
             rec = fs.inode(ino)
             ed = InodeEditor(rec.raw)
             ed.set("i_dtime", 0)
             self.store(ino, ed)
+        orec = self._orphan_file()
+        if orec is not None and fs.sb.has_ro_compat(RO_COMPAT_ORPHAN_PRESENT):
+            from volfs.ext4.orphan import orphan_file_entries
+
+            for pb, data in list(self._orphan_blocks(orec)):
+                listed = orphan_file_entries(data, ino=orec.ino, generation=orec.generation, block=pb,
+                                             fs_seed=self._csum_seed(), inodes_count=fs.sb.inodes_count)
+                for ino in listed:
+                    self._orphan_file_set(orec, ino, 0)
+                chain += [i for i in listed if i not in chain]
+            self._put_sb({"s_feature_ro_compat": fs.sb.ro_compat & ~RO_COMPAT_ORPHAN_PRESENT})
+        for ino in chain:
             rec = fs.inode(ino)
+            if rec.mode == 0:
+                continue
             if rec.links_count == 0:
                 self._free_all(rec)
             elif rec.is_reg:
@@ -1289,16 +1371,33 @@ class Writer:
     def _xattr_change(self, ino: int, name: bytes, value: bytes | None, flags: int) -> None:
         fs = self.fs
         split = split_name(name)
-        if split is None or split[0] not in (1, 4, 6):
+        if split is None or split[0] not in (1, 2, 3, 4, 6):
             raise error(errno.EOPNOTSUPP, f"xattr namespace of {name!r} is not supported for writing")
         index, suffix = split
-        if not suffix:
+        if not suffix and index not in ACL_INDEXES:
             raise error(errno.EINVAL, "empty xattr name")
         if len(suffix) > 255:
             raise error(errno.ERANGE, "xattr name too long")
         with self.op():
             rec = fs._live(ino)
             self._writable_inode(rec)
+            new_mode: int | None = None
+            acl_cleared = False
+            if index in ACL_INDEXES and value is not None:
+                # Stored as the kernel's ext4_set_acl does (xattr.py xattr_to_acl).
+                if index == 3 and not rec.is_dir:
+                    raise error(errno.EACCES, "default ACL on a non-directory")
+                if rec.is_symlink:
+                    raise error(errno.EOPNOTSUPP, "ACLs on symlinks")
+                disk, perm, equivalent = xattr_to_acl(value, is_default=index == 3)
+                if index == 2 and disk:
+                    new_mode = (rec.mode & ~0o777) | perm
+                if equivalent:
+                    flags &= ~2  # nothing stored: replace-only cannot fail on the missing entry
+                    value = None
+                    acl_cleared = True
+                else:
+                    value = disk
             blk_entries: list[tuple[int, bytes, bytes]] = []
             refcount = 0
             if rec.file_acl:
@@ -1320,6 +1419,14 @@ class Writer:
 
             exists = any(match(e) for e in entries + blk_entries)
             if value is None and not exists:
+                if new_mode is not None:
+                    ed = InodeEditor(rec.raw)
+                    ed.set("i_mode", new_mode)
+                    ed.set_time("c", _now_ns())
+                    self.store(ino, ed)
+                    return
+                if acl_cleared:
+                    return  # an empty or mode-equivalent ACL where none is stored: nothing to do
                 raise error(errno.ENODATA, f"no xattr {name!r}")
             if flags & 1 and exists and value is not None:
                 raise error(errno.EEXIST, f"xattr {name!r} exists")
@@ -1329,6 +1436,8 @@ class Writer:
             blk_entries = [e for e in blk_entries if not match(e)]
             in_block_before = len(blk_entries) != 0 or rec.file_acl != 0
             ed = InodeEditor(rec.raw)
+            if new_mode is not None:
+                ed.set("i_mode", new_mode)
             area_size = len(ed.buf) - 128 - ed.extra_isize
             if value is not None:
                 if _pack_ibody(entries + [(index, suffix, value)], area_size) is not None:

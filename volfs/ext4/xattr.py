@@ -10,7 +10,10 @@ at four zero bytes.
 
 POSIX ACLs are stored in a compact ext4 format (version 1, short entries for
 the owner/group/mask/other tags); they are shown as the kernel's
-``system.posix_acl_*`` xattr format (version 2, 8-byte entries).
+``system.posix_acl_*`` xattr format (version 2, 8-byte entries).  Writes
+convert back (``xattr_to_acl``): an access ACL equivalent to the mode bits
+is not stored at all, only the mode changes (the kernel's
+``posix_acl_update_mode``); otherwise the mode's group bits follow the mask.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from volfs.ext4._struct import Struct
 from volfs.ext4.checksum import crc32c_raw
 
 __all__ = ["XATTR_HEADER", "XATTR_IBODY_HEADER", "XATTR_ENTRY", "XattrEntry", "parse_xattr_entries",
-           "parse_ibody", "parse_xattr_block", "full_name", "split_name", "acl_to_xattr", "XATTR_MAGIC",
+           "parse_ibody", "parse_xattr_block", "full_name", "split_name", "acl_to_xattr", "xattr_to_acl",
+           "XATTR_MAGIC",
            "xattr_entry_hash", "pack_xattr_block", "xattr_block_checksum"]
 
 XATTR_HEADER = Struct("ext4_xattr_header", [
@@ -165,6 +169,60 @@ def acl_to_xattr(value: bytes, *, ino: int) -> bytes:
             raise CorruptError("ACL", f"unknown ACL tag 0x{tag:x}", inode=ino)
         out.append(struct.pack("<HHI", tag, perm, ident))
     return b"".join(out)
+
+
+def xattr_to_acl(value: bytes, *, is_default: bool) -> tuple[bytes, int, bool]:
+    """A ``system.posix_acl_*`` value (version 2) as ext4 stores it (version 1, ``ext4_acl_entry``).
+
+    Returns (on-disk value, the mode's permission bits it implies, whether it
+    is equivalent to those bits alone).  Checks as the kernel's
+    ``posix_acl_from_xattr`` and ``posix_acl_valid``: version 2 (else
+    EOPNOTSUPP); whole 8-byte entries, known tags, sorted by tag and id,
+    exactly one owner, owning group and other entry, a mask when named
+    users or groups appear (EINVAL).
+    """
+    import errno
+
+    from volfs.errors import error
+
+    if len(value) < 4 or int.from_bytes(value[:4], "little") != 2:
+        raise error(errno.EOPNOTSUPP, "ACL xattr version is not 2")
+    if (len(value) - 4) % 8:
+        raise error(errno.EINVAL, "ACL xattr size is not a whole number of entries")
+    out = [struct.pack("<I", 1)]  # ext4_acl_header.a_version = EXT4_ACL_VERSION
+    seen: dict[int, int] = {}
+    named = 0
+    prev: tuple[int, int] = (0, -1)
+    perms: dict[int, int] = {}
+    for pos in range(4, len(value), 8):
+        tag, perm, ident = struct.unpack_from("<HHI", value, pos)
+        if perm & ~7:
+            raise error(errno.EINVAL, f"ACL permission bits 0x{perm:x} invalid")
+        if tag in (_ACL_USER, _ACL_GROUP):
+            key = (tag, ident)
+            named += 1
+            out.append(struct.pack("<HHI", tag, perm, ident))  # e_tag, e_perm, e_id
+        elif tag in (_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER):
+            key = (tag, -1)
+            perms[tag] = perm
+            out.append(struct.pack("<HH", tag, perm))  # ext4_acl_entry_short
+        else:
+            raise error(errno.EINVAL, f"unknown ACL tag 0x{tag:x}")
+        if key <= prev:
+            raise error(errno.EINVAL, "ACL entries out of order or repeated")
+        prev = key
+        seen[tag] = seen.get(tag, 0) + 1
+    if len(value) == 4:
+        # An empty ACL: the kernel treats it as removal.
+        return b"", 0, True
+    if not all(seen.get(t) == 1 for t in (_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_OTHER)):
+        raise error(errno.EINVAL, "ACL needs exactly one owner, owning group and other entry")
+    if named and _ACL_MASK not in seen:
+        raise error(errno.EINVAL, "ACL with named entries needs a mask")
+    group = perms.get(_ACL_MASK, perms[_ACL_GROUP_OBJ])
+    mode = (perms[_ACL_USER_OBJ] << 6) | (group << 3) | perms[_ACL_OTHER]
+    equivalent = not named and _ACL_MASK not in seen and not is_default
+    return b"".join(out), mode, equivalent
 
 
 # --- the write side -------------------------------------------------------------
