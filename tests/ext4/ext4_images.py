@@ -201,3 +201,25 @@ def microsandbox_lookalike(image: Path, tree: Path | None) -> Path:
     patch_superblock(image, {0x194: struct.pack("<I", 0x3000), 0xEC: uuid, 0x270: b"\0\0\0\0",
                              0x108: b"\0\0\0\0", 0x30: b"\0\0\0\0"})
     return image
+
+
+def copy_while_mounted(live: Path, dst: Path, tries: int = 5) -> Path:
+    """Copy an image the kernel has mounted: a crash image (needs_recovery, journal not checkpointed).
+
+    The kernel may be writing the image during the copy, so a block can be
+    caught half-written; such a copy is not a crash the kernel could have
+    left. A copy counts only if the kernel recovers it into an e2fsck-clean
+    filesystem (oracles only, no volfs); otherwise it is taken again.
+    """
+    for _ in range(tries):
+        shutil.copyfile(live, dst)
+        probe = dst.with_suffix(".probe")
+        shutil.copyfile(dst, probe)
+        try:
+            with loop_mount(probe, "rw"):
+                pass
+            if run(tool("e2fsck"), "-fn", str(probe), check=False).returncode == 0:
+                return dst
+        finally:
+            probe.unlink()
+    raise RuntimeError(f"could not take a whole copy of the mounted {live} in {tries} tries")

@@ -44,34 +44,12 @@ def _write(p: Path, data: bytes) -> None:
     _fsync_path(p.parent)
 
 
-def _copy_is_whole(copy: Path) -> bool:
-    """True if the kernel recovers ``copy`` into an e2fsck-clean filesystem (oracles only, no volfs).
-
-    The copy is taken while the kernel may be writing the image, so a block
-    can be caught half-written; such a copy is not a crash the kernel could
-    have left, and it is taken again.
-    """
-    probe = copy.with_suffix(".probe")
-    shutil.copyfile(copy, probe)
-    try:
-        with images.loop_mount(probe, "rw"):
-            pass
-        return images.run(images.tool("e2fsck"), "-fn", str(probe), check=False).returncode == 0
-    finally:
-        probe.unlink()
-
-
 def make_dirty(src: Path, dst: Path, options: str, actions: Callable[[Path], None]) -> Path:
     work = dst.with_suffix(".live")
     shutil.copyfile(src, work)
     with images.loop_mount(work, options) as mnt:
         actions(mnt)
-        for _ in range(5):
-            shutil.copyfile(work, dst)  # while mounted: needs_recovery, journal not checkpointed
-            if _copy_is_whole(dst):
-                break
-        else:
-            pytest.fail("could not take a whole copy of the mounted image in 5 tries")
+        images.copy_while_mounted(work, dst)  # needs_recovery, journal not checkpointed
     return dst
 
 

@@ -31,7 +31,7 @@ def test_write_after_recovery(make_image: Callable[..., Path], tmp_path: Path) -
         fd = os.open(mnt / "journaled", os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-        shutil.copyfile(work, dirty)  # needs_recovery, the journal not checkpointed
+        images.copy_while_mounted(work, dirty)  # needs_recovery, the journal not checkpointed
     assert "needs_recovery" in debugfs(dirty, "stats")
     b = Ext4Backend(dirty, readonly=False)
     assert not b.readonly, b.readonly_reason
