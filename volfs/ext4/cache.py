@@ -23,16 +23,22 @@ The epoch.  Decoded structures above this cache (parsed inodes, group
 descriptors, runlists, directory name indexes in :mod:`volfs.ext4.filesystem`)
 must never outlive the bytes they were decoded from.  :attr:`BlockCache.epoch`
 is a counter that moves whenever the contents :meth:`BlockCache.read` would
-return for *some* block may have changed: any change to :attr:`dirty` (it is a
-map that counts its own mutations, so the transaction code needs no
-cooperation), a new overlay, a block taken in by :meth:`remember` that is not
-the dirty copy already being served, and data written over cached blocks
-(:meth:`forget_range`).  Merely evicting a clean block does not move it: the
-device still holds the same bytes, so a re-read returns equal contents.  A
-decoded structure stamped with the current epoch is therefore still exact;
-one stamped with an older epoch must be re-checked against the bytes it came
-from (cheaply: identity of the ``bytes`` object this cache returns, else
-equality of the raw record) before it is trusted again.
+return for some block may have changed, and the block is stamped with the
+new epoch (:meth:`changed`).  The events: any change to :attr:`dirty` (a map
+that reports its own mutations, so the transaction code needs no
+cooperation), a block taken in by :meth:`remember` that is not the dirty copy
+already being served, and data written over blocks (:meth:`forget_range`).
+Events that touch everything (a new overlay, a very large data write) move
+:attr:`floor` instead (:meth:`changed_all`), as does the stamp table when it
+is full.  Evicting a clean block moves nothing: the device still holds the
+same bytes, so a re-read returns equal contents.
+
+A decoded structure remembers the epoch at which it was last known exact
+and the blocks it came from.  Same epoch: still exact.  Otherwise
+:meth:`unchanged` (epoch not below the floor, no block stamped later) proves
+it exact without a read; failing that, it must be re-checked against the
+bytes it came from (identity of the ``bytes`` object this cache returns,
+else equality of the raw record) before it is trusted again.
 """
 
 from __future__ import annotations
@@ -46,9 +52,14 @@ from volfs.ext4.device import BlockDevice
 
 __all__ = ["BlockCache"]
 
+# Per-block change stamps kept before they are folded into the floor (memory bound).
+_MAX_TRACKED_BLOCKS = 1 << 16
+# A data write over more blocks than this moves the floor instead of stamping each block.
+_MAX_TRACKED_RUN = 256
+
 
 class _DirtyMap(dict[int, bytes]):
-    """The transaction's dirty blocks; every mutation moves the owning cache's epoch.
+    """The transaction's dirty blocks; every mutation is reported to the owning cache.
 
     A plain dict for readers (``get``, ``[]``, iteration stay the C
     implementations); only the mutators are wrapped.
@@ -62,41 +73,42 @@ class _DirtyMap(dict[int, bytes]):
 
     def __setitem__(self, block: int, data: bytes) -> None:
         dict.__setitem__(self, block, data)
-        self._owner.epoch += 1
+        self._owner.changed(block)
 
     def __delitem__(self, block: int) -> None:
         dict.__delitem__(self, block)
-        self._owner.epoch += 1
+        self._owner.changed(block)
 
     def pop(self, block: int, *default: bytes | None) -> bytes | None:  # type: ignore[override]
-        self._owner.epoch += 1
+        self._owner.changed(block)
         return dict.pop(self, block, *default)
 
     def popitem(self) -> tuple[int, bytes]:
-        self._owner.epoch += 1
-        return dict.popitem(self)
+        item = dict.popitem(self)
+        self._owner.changed(item[0])
+        return item
 
     def clear(self) -> None:
-        self._owner.epoch += 1
+        for block in self:
+            self._owner.changed(block)
         dict.clear(self)
 
     def update(self, other: Mapping[int, bytes], /) -> None:  # type: ignore[override]
-        self._owner.epoch += 1
-        dict.update(self, other)
+        for block in other:
+            self[block] = other[block]
 
     def setdefault(self, block: int, default: bytes) -> bytes:
-        self._owner.epoch += 1
+        self._owner.changed(block)
         return dict.setdefault(self, block, default)
 
     def __ior__(self, other: Mapping[int, bytes]) -> _DirtyMap:  # type: ignore[override,misc]
-        self._owner.epoch += 1
-        dict.update(self, other)
+        self.update(other)
         return self
 
 
 class BlockCache:
     __slots__ = ("device", "block_size", "blocks_count", "capacity", "reads", "run_reads",
-                 "_lru", "_overlay", "_overlay_keys", "dirty", "epoch")
+                 "_lru", "_overlay", "_overlay_keys", "dirty", "epoch", "floor", "_changed")
 
     def __init__(self, device: BlockDevice, block_size: int, blocks_count: int, capacity: int = 2048) -> None:
         self.device = device
@@ -109,6 +121,8 @@ class BlockCache:
         self._overlay: dict[int, bytes] = {}
         self._overlay_keys: list[int] = []
         self.epoch = 0
+        self.floor = 0
+        self._changed: dict[int, int] = {}
         self.dirty: dict[int, bytes] = _DirtyMap(self)
 
     def set_overlay(self, blocks: dict[int, bytes]) -> None:
@@ -116,7 +130,7 @@ class BlockCache:
         self._overlay = dict(blocks)
         self._overlay_keys = sorted(self._overlay)
         self._lru.clear()
-        self.epoch += 1
+        self.changed_all()
 
     @property
     def overlay(self) -> dict[int, bytes]:
@@ -126,6 +140,31 @@ class BlockCache:
         if block < 0 or count < 0 or block + count > self.blocks_count:
             raise CorruptError(structure, f"block {block}+{count} lies outside the filesystem "
                                f"({self.blocks_count} blocks)", inode=inode, block=block)
+
+    # -- change stamps (see "The epoch" in the module header) ---------------------
+
+    def changed(self, block: int) -> None:
+        """The bytes served for ``block`` may have changed: a new epoch, stamped on the block."""
+        self.epoch += 1
+        changed = self._changed
+        if len(changed) >= _MAX_TRACKED_BLOCKS:
+            # Bounded memory: forget the per-block stamps, and with them every older stamp's worth.
+            changed.clear()
+            self.floor = self.epoch
+        changed[block] = self.epoch
+
+    def changed_all(self) -> None:
+        """Anything served may have changed (a new overlay, a large data write)."""
+        self.epoch += 1
+        self.floor = self.epoch
+        self._changed.clear()
+
+    def unchanged(self, block: int, since: int) -> bool:
+        """Whether the bytes served for ``block`` are still those served at epoch ``since``.
+
+        True is a guarantee; False only means "read the block and compare".
+        """
+        return since >= self.floor and self._changed.get(block, 0) <= since
 
     def read(self, block: int, structure: str = "block", inode: int | None = None) -> bytes:
         """One metadata block, from the transaction, the overlay, the LRU or the device."""
@@ -195,13 +234,13 @@ class BlockCache:
         self._overlay = {}
         self._overlay_keys = []
         self._lru.clear()
-        self.epoch += 1
+        self.changed_all()
 
     def remember(self, block: int, data: bytes) -> None:
         """Keep a block just written to the device as a clean cached copy."""
         if self.dirty.get(block) is not data:
             # Not the copy already being served from the transaction: readers may see new bytes.
-            self.epoch += 1
+            self.changed(block)
         self._lru[block] = data
         self._lru.move_to_end(block)
         if len(self._lru) > self.capacity:
@@ -210,7 +249,11 @@ class BlockCache:
     def forget_range(self, block: int, count: int) -> None:
         """Drop cached copies of ``count`` blocks from ``block`` (file data overwrote them)."""
         # The device bytes changed: whatever was decoded from these blocks is suspect.
-        self.epoch += 1
+        if count <= _MAX_TRACKED_RUN:
+            for b in range(block, block + count):
+                self.changed(b)
+        else:
+            self.changed_all()
         lru = self._lru
         if not lru:
             return

@@ -28,7 +28,10 @@ bytes the cache serves) and remembers the bytes it was decoded from:
 
 * same epoch: nothing the cache serves has changed since the entry was last
   checked, so it is exact (the O(1) path of every read-only workload);
-* older epoch: the source bytes are read again through the cache (no device
+* older epoch, but none of its source blocks stamped as changed since
+  (:meth:`BlockCache.unchanged`): exact too, without reading anything (the
+  common case while writing: a create dirties a handful of blocks);
+* otherwise the source bytes are read again through the cache (no device
   read when they are cached) and compared, by identity of the ``bytes``
   object first (a block the write side modified is always a new object, and
   holding the old object keeps its identity from being reused) and by value
@@ -129,6 +132,7 @@ __all__ = ["Filesystem", "Attr", "StatFs", "FeatureReport", "ROOT_INO"]
 ROOT_INO: Final = InodeNo(2)
 # Total cost (see _NameIndex: about 128 bytes a unit, so roughly 32 MiB) of linear-directory name indexes.
 DIR_INDEX_BUDGET: Final = 1 << 18
+_HASH_MEMO: Final = 4096  # names whose htree hash is remembered (the memo starts over when full)
 NAME_MAX: Final = 255
 _PATH_MAX: Final = 4096
 # xattr name indexes the kernel lists (user, ACLs, trusted, security).
@@ -349,6 +353,9 @@ class Filesystem:
         self._dx_roots: _Lru[int, _DxSlot] = _Lru(256)
         # Parsed leaf blocks and htree nodes by (kind, directory, logical block), checked on every use.
         self._parsed: _Lru[tuple[str, int, int], _ParsedSlot] = _Lru(256)
+        # Major hashes of recently looked-up names by (name, hash version); s_hash_seed is in the
+        # decode context, so a pure function of the key (a lookup, then a create, hash the name again).
+        self._hashes: dict[tuple[bytes, int], int] = {}
         # Name indexes of linear directories, least recently used first, bounded by total cost.
         self._names: OrderedDict[int, _NameIndex] = OrderedDict()
         self._names_cost = 0
@@ -445,6 +452,7 @@ class Filesystem:
         self._descs.clear()
         self._dx_roots.clear()
         self._parsed.clear()
+        self._hashes.clear()
         self._names.clear()
         self._names_cost = 0
 
@@ -548,6 +556,10 @@ class Filesystem:
         sb = self.sb
         if not 0 <= group < sb.group_count:
             raise CorruptError("group descriptor", f"group {group} does not exist")
+        if slot is not None and self.cache.unchanged(slot.block, slot.epoch):
+            # (Where a descriptor lives depends only on the superblock, which reload_superblock watches.)
+            slot.epoch = epoch
+            return slot.desc
         per_block = sb.block_size // sb.desc_size
         blk = descriptor_block(sb, group // per_block)
         data = self.cache.read(blk, "group descriptor")
@@ -588,8 +600,11 @@ class Filesystem:
                                    inode=ino)
         byte = index * sb.inode_size
         blk = desc.inode_table + byte // sb.block_size
-        data = cache.read(blk, "inode table", ino)
         off = byte % sb.block_size
+        if slot is not None and slot.block == blk and slot.offset == off and cache.unchanged(blk, slot.epoch):
+            slot.epoch = epoch
+            return slot.rec
+        data = cache.read(blk, "inode table", ino)
         if slot is not None:
             # Identity needs the same place too: the write side may store one bytes object in two blocks.
             if (slot.data is data and slot.block == blk and slot.offset == off) or \
@@ -636,7 +651,9 @@ class Filesystem:
         cache = self.cache
         epoch = cache.epoch
         if slot is not None and (slot.rec is rec or slot.rec.raw == rec.raw):
-            if slot.epoch == epoch or all(cache.read(b, "extent tree", rec.ino) == data for b, data in slot.deps):
+            since = slot.epoch
+            if since == epoch or all(cache.unchanged(b, since) or cache.read(b, "extent tree", rec.ino) == data
+                                     for b, data in slot.deps):
                 slot.epoch = epoch
                 slot.rec = rec
                 return slot.runlist
@@ -949,6 +966,7 @@ class Filesystem:
         if nblocks * block_cost > budget:
             return False
         held = {b.logical: b for b in idx.blocks}
+        since = idx.epoch
         fresh: list[_IndexedBlock] = []
         changed: list[_IndexedBlock] = []
         stale: list[_IndexedBlock] = []
@@ -958,8 +976,11 @@ class Filesystem:
                 continue  # holes hold no names (readdir skips them)
             for lb in range(logical, logical + count):
                 pb = phys + lb - logical
-                data = cache.read(pb, "directory block", rec.ino)
                 old = held.pop(lb, None)
+                if old is not None and old.physical == pb and cache.unchanged(pb, since):
+                    fresh.append(old)
+                    continue
+                data = cache.read(pb, "directory block", rec.ino)
                 if old is not None and old.physical == pb and (old.data is data or old.data == data):
                     old.data = data
                     fresh.append(old)
@@ -1025,10 +1046,16 @@ class Filesystem:
                                      large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=seed,
                                      salvage=self.salvage)
                 self._dx_roots.put(rec.ino, _DxSlot(epoch, pb, rec.generation, data, root))
-        try:
-            h, _minor = dirhash(name, self._hash_version(root), self.sb.hash_seed)
-        except ValueError:
-            raise CorruptError("htree", f"unsupported hash version {root.hash_version}", inode=rec.ino) from None
+        version = self._hash_version(root)
+        h = self._hashes.get((name, version))
+        if h is None:
+            try:
+                h, _minor = dirhash(name, version, self.sb.hash_seed)
+            except ValueError:
+                raise CorruptError("htree", f"unsupported hash version {root.hash_version}", inode=rec.ino) from None
+            if len(self._hashes) >= _HASH_MEMO:
+                self._hashes.clear()
+            self._hashes[(name, version)] = h
         nblocks = (rec.size + bs - 1) // bs
 
         def read_node(lblock: int) -> DxLevel:

@@ -112,32 +112,39 @@ def group_desc_checksum(sb: Superblock, fs_seed: int, group: int, raw: bytes) ->
     return crc
 
 
+def _positions(table: Struct) -> dict[str, int]:
+    return {name: i for i, (name, _code) in enumerate(table.fields)}
+
+
+_POS32: Final = _positions(GROUP_DESC32)
+_POS64: Final = _positions(GROUP_DESC64)
+# (lo, hi) field positions of the wide values, in GroupDesc order after the three locations.
+_PAIRS: Final = [(_POS64[lo], _POS64[hi], 32 if GROUP_DESC64.field_size(hi) == 4 else 16) for lo, hi in (
+    ("bg_block_bitmap_lo", "bg_block_bitmap_hi"), ("bg_inode_bitmap_lo", "bg_inode_bitmap_hi"),
+    ("bg_inode_table_lo", "bg_inode_table_hi"), ("bg_free_blocks_count_lo", "bg_free_blocks_count_hi"),
+    ("bg_free_inodes_count_lo", "bg_free_inodes_count_hi"), ("bg_used_dirs_count_lo", "bg_used_dirs_count_hi"),
+    ("bg_itable_unused_lo", "bg_itable_unused_hi"), ("bg_block_bitmap_csum_lo", "bg_block_bitmap_csum_hi"),
+    ("bg_inode_bitmap_csum_lo", "bg_inode_bitmap_csum_hi"))]
+_LOS32: Final = [_POS32[lo] for lo in ("bg_block_bitmap_lo", "bg_inode_bitmap_lo", "bg_inode_table_lo",
+                                       "bg_free_blocks_count_lo", "bg_free_inodes_count_lo",
+                                       "bg_used_dirs_count_lo", "bg_itable_unused_lo", "bg_block_bitmap_csum_lo",
+                                       "bg_inode_bitmap_csum_lo")]
+
+
 def parse_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, *, verify: bool,
                      block: int | None = None) -> GroupDesc:
     """Decode one descriptor (``raw`` is ``s_desc_size`` bytes); check it when asked."""
+    # Positional unpacking (no per-field name lookups): descriptors are decoded on every allocation.
     if sb.desc_size >= 64:
-        r = GROUP_DESC64.unpack(raw)
-
-        def wide(lo: str, hi: str) -> int:
-            return r.u(lo) | (r.u(hi) << (32 if r.struct.field_size(hi) == 4 else 16))
-
-        bb = wide("bg_block_bitmap_lo", "bg_block_bitmap_hi")
-        ib = wide("bg_inode_bitmap_lo", "bg_inode_bitmap_hi")
-        it = wide("bg_inode_table_lo", "bg_inode_table_hi")
-        fb = wide("bg_free_blocks_count_lo", "bg_free_blocks_count_hi")
-        fi = wide("bg_free_inodes_count_lo", "bg_free_inodes_count_hi")
-        ud = wide("bg_used_dirs_count_lo", "bg_used_dirs_count_hi")
-        iu = wide("bg_itable_unused_lo", "bg_itable_unused_hi")
-        bbc = wide("bg_block_bitmap_csum_lo", "bg_block_bitmap_csum_hi")
-        ibc = wide("bg_inode_bitmap_csum_lo", "bg_inode_bitmap_csum_hi")
+        v = GROUP_DESC64.unpack_ints(raw)
+        bb, ib, it, fb, fi, ud, iu, bbc, ibc = (v[lo] | (v[hi] << shift) for lo, hi, shift in _PAIRS)
+        pos = _POS64
     else:
-        r = GROUP_DESC32.unpack(raw)
-        bb, ib, it = r.u("bg_block_bitmap_lo"), r.u("bg_inode_bitmap_lo"), r.u("bg_inode_table_lo")
-        fb, fi = r.u("bg_free_blocks_count_lo"), r.u("bg_free_inodes_count_lo")
-        ud, iu = r.u("bg_used_dirs_count_lo"), r.u("bg_itable_unused_lo")
-        bbc, ibc = r.u("bg_block_bitmap_csum_lo"), r.u("bg_inode_bitmap_csum_lo")
-    desc = GroupDesc(GroupNo(group), BlockNo(bb), BlockNo(ib), BlockNo(it), fb, fi, ud, r.u("bg_flags"),
-                     iu, bbc, ibc, r.u("bg_checksum"))
+        v = GROUP_DESC32.unpack_ints(raw)
+        bb, ib, it, fb, fi, ud, iu, bbc, ibc = (v[lo] for lo in _LOS32)
+        pos = _POS32
+    desc = GroupDesc(GroupNo(group), BlockNo(bb), BlockNo(ib), BlockNo(it), fb, fi, ud, v[pos["bg_flags"]],
+                     iu, bbc, ibc, v[pos["bg_checksum"]])
     if verify:
         if sb.metadata_csum or sb.gdt_csum:
             want = group_desc_checksum(sb, fs_seed, group, raw)
