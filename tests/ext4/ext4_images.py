@@ -29,6 +29,8 @@ VARIANTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "b1024": ("ext4", "64M", ("-b", "1024")),
     "b2048": ("ext4", "64M", ("-b", "2048")),
     "i128": ("ext4", "64M", ("-I", "128")),
+    "i1024": ("ext4", "64M", ("-I", "1024")),
+    "nofiletype": ("ext4", "64M", ("-O", "^filetype")),
     "no64bit": ("ext4", "64M", ("-O", "^64bit")),
     "noflex": ("ext4", "64M", ("-O", "^flex_bg")),
     "nocsum": ("ext4", "64M", ("-O", "^metadata_csum,uninit_bg")),
