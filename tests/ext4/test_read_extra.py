@@ -254,3 +254,19 @@ def test_crtime_matches_debugfs(image_factory: Callable[[str], Path]) -> None:
             signed = seconds - (1 << 32) if seconds & (1 << 31) else seconds
             want = (signed + ((extra & 3) << 32)) * 10**9 + (extra >> 2)
             assert fs.getattr(fs.lookup_ino(2, name.encode())).crtime_ns == want, name
+
+
+def test_inline_symlink(tmp_path: Path) -> None:
+    """A symlink longer than i_block's 60 bytes stored as inline data (inline_data images)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    target = "dir/sub/" + "long-name-component-" * 3 + "target"
+    os.symlink(target, tree / "inline-link")
+    image = images.mkfs(tmp_path / "inline.img", tree, "64M", "-O", "inline_data")
+    out = sh(images.tool("debugfs"), "-R", "stat /inline-link", str(image))
+    flags = int(re.search(r"Flags: 0x([0-9a-f]+)", out).group(1), 16)  # type: ignore[union-attr]
+    assert flags & 0x10000000, out  # EXT4_INLINE_DATA_FL: the fixture is what we claim
+    with Filesystem.open(image) as fs:
+        assert fs.readlink(fs.lookup_ino(2, b"inline-link")) == target.encode()
+    with images.loop_mount(image) as mnt:
+        assert os.readlink(mnt / "inline-link") == target
