@@ -7,6 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI must be reproducible: there hypothesis draws the same examples every run
+# (a seed derived from each test). Developers' runs stay random and keep
+# finding new cases; a failure prints the example and a reproduce blob.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
