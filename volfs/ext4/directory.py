@@ -18,6 +18,7 @@ equals the name's hash.
 
 from __future__ import annotations
 
+import bisect
 import stat
 import struct as _pystruct
 from collections.abc import Callable
@@ -33,7 +34,8 @@ __all__ = ["DIR_ENTRY", "DIR_TAIL", "DX_ROOT_INFO", "DX_COUNTLIMIT", "DX_ENTRY",
            "parse_dir_block", "rec_len_from_disk", "DxIndex", "DxLevel", "parse_dx_root", "parse_dx_node",
            "dx_node_csum_ok", "FT_NAMES", "ft_to_mode", "is_dx_node_block", "DT_BY_FT", "rec_len_for",
            "mode_to_ft", "empty_leaf", "first_dir_block", "set_leaf_csum", "leaf_slack", "insert_in_block",
-           "remove_from_block", "set_entry_inode", "leaf_end", "rec_len_to_disk"]
+           "remove_from_block", "set_entry_inode", "leaf_end", "rec_len_to_disk", "last_record",
+           "record_end", "entries_after_insert"]
 
 DIR_ENTRY = Struct("ext4_dir_entry_2", [
     ("inode", "I"), ("rec_len", "H"), ("name_len", "B"), ("file_type", "B"),
@@ -382,25 +384,80 @@ def leaf_slack(buf: bytes | bytearray, block_size: int, csum: bool) -> int:
     return best
 
 
-def insert_in_block(buf: bytearray, name: bytes, ino: int, ft: int, block_size: int, csum: bool) -> int | None:
-    """Put the entry into ``buf`` if it fits; its offset, or None.  The caller recomputes the tail."""
+def insert_in_block(buf: bytearray, name: bytes, ino: int, ft: int, block_size: int, csum: bool,
+                    last: int | None = None) -> int | None:
+    """Put the entry into ``buf`` if it fits; its offset, or None.  The caller recomputes the tail.
+
+    ``last``, when given, must be the offset of the block's last record (see
+    :func:`last_record`); the common append then needs no walk over the block.
+    The bytes written are the same with or without it.
+    """
     need = rec_len_for(len(name))
-    entries = _entries(buf, leaf_end(block_size, csum), block_size)
+    end = leaf_end(block_size, csum)
+    if last is not None:
+        e_ino, raw_rec, name_len = _HEAD.unpack_from(buf, last)
+        rec = rec_len_from_disk(raw_rec, block_size)
+        if last + rec != end or rec < 8:
+            raise ValueError(f"offset {last} is not the last record")
+        used = rec_len_for(name_len) if e_ino else 0
+        if rec - used >= need:
+            return _put_entry(buf, last, e_ino, rec, used, name, ino, ft, block_size)
+        # The last record is full: the walk below tries it again (cheaply) and then the others.
+    entries = _entries(buf, end, block_size)
     # Appending is the common case: try the last record first.
     for pos, e_ino, rec, name_len in entries[-1:] + entries[:-1]:
         used = rec_len_for(name_len) if e_ino else 0
         if rec - used < need:
             continue
-        if e_ino:
-            buf[pos + 4 : pos + 6] = rec_len_to_disk(used, block_size).to_bytes(2, "little")
-            pos, rec = pos + used, rec - used
-        buf[pos : pos + 8] = DIR_ENTRY.pack({"inode": ino, "rec_len": rec_len_to_disk(rec, block_size),
-                                             "name_len": len(name), "file_type": ft})
-        buf[pos + 8 : pos + 8 + len(name)] = name
-        pad_end = pos + rec_len_for(len(name))
-        buf[pos + 8 + len(name) : pad_end] = bytes(pad_end - pos - 8 - len(name))
-        return pos
+        return _put_entry(buf, pos, e_ino, rec, used, name, ino, ft, block_size)
     return None
+
+
+def _put_entry(buf: bytearray, pos: int, e_ino: int, rec: int, used: int, name: bytes, ino: int, ft: int,
+               block_size: int) -> int:
+    """Write the new entry into the record at ``pos`` (splitting it if it is live); the entry's offset."""
+    if e_ino:
+        buf[pos + 4 : pos + 6] = rec_len_to_disk(used, block_size).to_bytes(2, "little")
+        pos, rec = pos + used, rec - used
+    buf[pos : pos + 8] = DIR_ENTRY.pack({"inode": ino, "rec_len": rec_len_to_disk(rec, block_size),
+                                         "name_len": len(name), "file_type": ft})
+    buf[pos + 8 : pos + 8 + len(name)] = name
+    pad_end = pos + rec_len_for(len(name))
+    buf[pos + 8 + len(name) : pad_end] = bytes(pad_end - pos - 8 - len(name))
+    return pos
+
+
+def last_record(buf: bytes | bytearray, block_size: int, csum: bool) -> int:
+    """Offset of the last record of a leaf (the one ending at the tail or the block end)."""
+    entries = _entries(buf, leaf_end(block_size, csum), block_size)
+    if not entries:
+        raise CorruptError("directory block", "no records")
+    return entries[-1][0]
+
+
+def record_end(buf: bytes | bytearray, pos: int, block_size: int) -> int:
+    """Where the record at ``pos`` ends (its offset plus ``rec_len``)."""
+    return pos + rec_len_from_disk(int.from_bytes(buf[pos + 4 : pos + 6], "little"), block_size)
+
+
+def entries_after_insert(entries: list[DirEntry], buf: bytes | bytearray, pos: int, name: bytes, ino: int,
+                         ft: int, base: int, block_size: int) -> list[DirEntry]:
+    """``parse_dir_block``'s result for ``buf`` given its result before :func:`insert_in_block`.
+
+    ``entries`` are the live entries of the block before the insert that put
+    ``name`` at ``pos`` (block offset ``base``); only the new entry and the
+    live record it was carved from (if any) differ.  The block must have the
+    filetype feature's layout (``name_len`` one byte).
+    """
+    start = base + pos
+    stop = base + record_end(buf, pos, block_size)
+    out = list(entries)
+    i = bisect.bisect_right(out, start, key=lambda e: e.offset)
+    if i and out[i - 1].next_offset == stop and out[i - 1].offset < start:
+        prev = out[i - 1]
+        out[i - 1] = DirEntry(prev.name, prev.ino, prev.file_type, prev.offset, start)
+    out.insert(i, DirEntry(bytes(name), InodeNo(ino), ft, start, stop))
+    return out
 
 
 def remove_from_block(buf: bytearray, offset: int, block_size: int, csum: bool) -> None:

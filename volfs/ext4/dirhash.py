@@ -64,35 +64,68 @@ def _str2hashbuf(chars: Sequence[int], length: int, num: int) -> list[int]:
     return out
 
 
-def _rotl(x: int, s: int) -> int:
-    return ((x << s) | (x >> (32 - s))) & _M
-
-
 def _half_md4(buf: list[int], inp: Sequence[int]) -> None:
-    v = list(buf)
-
-    def f(x: int, y: int, z: int) -> int:
-        return z ^ (x & (y ^ z))
-
-    def g(x: int, y: int, z: int) -> int:
-        return ((x & y) + ((x ^ y) & z)) & _M
-
-    def h(x: int, y: int, z: int) -> int:
-        return x ^ y ^ z
-
-    rounds = (
-        (f, 0, ((0, 3), (1, 7), (2, 11), (3, 19), (4, 3), (5, 7), (6, 11), (7, 19))),
-        (g, 0o13240474631, ((1, 3), (3, 5), (5, 9), (7, 13), (0, 3), (2, 5), (4, 9), (6, 13))),
-        (h, 0o15666365641, ((3, 3), (7, 9), (2, 11), (6, 15), (1, 3), (5, 9), (0, 11), (4, 15))),
-    )
-    for fn, k, steps in rounds:
-        for n, (i, s) in enumerate(steps):
-            # The updated word cycles a, d, c, b; the other three feed the round function in order.
-            t = (0, 3, 2, 1)[n % 4]
-            x = (v[t] + fn(v[(t + 1) % 4], v[(t + 2) % 4], v[(t + 3) % 4]) + inp[i] + k) & _M
-            v[t] = _rotl(x, s)
-    for i in range(4):
-        buf[i] = (buf[i] + v[i]) & _M
+    """The kernel's ``half_md4_transform``, unrolled (three rounds of eight steps)."""
+    m = _M
+    a, b, c, d = buf
+    i0, i1, i2, i3, i4, i5, i6, i7 = inp[0], inp[1], inp[2], inp[3], inp[4], inp[5], inp[6], inp[7]
+    # Round 1: F(x, y, z) = z ^ (x & (y ^ z)), K1 = 0.
+    x = (a + (d ^ (b & (c ^ d))) + i0) & m
+    a = ((x << 3) | (x >> 29)) & m
+    x = (d + (c ^ (a & (b ^ c))) + i1) & m
+    d = ((x << 7) | (x >> 25)) & m
+    x = (c + (b ^ (d & (a ^ b))) + i2) & m
+    c = ((x << 11) | (x >> 21)) & m
+    x = (b + (a ^ (c & (d ^ a))) + i3) & m
+    b = ((x << 19) | (x >> 13)) & m
+    x = (a + (d ^ (b & (c ^ d))) + i4) & m
+    a = ((x << 3) | (x >> 29)) & m
+    x = (d + (c ^ (a & (b ^ c))) + i5) & m
+    d = ((x << 7) | (x >> 25)) & m
+    x = (c + (b ^ (d & (a ^ b))) + i6) & m
+    c = ((x << 11) | (x >> 21)) & m
+    x = (b + (a ^ (c & (d ^ a))) + i7) & m
+    b = ((x << 19) | (x >> 13)) & m
+    # Round 2: G(x, y, z) = (x & y) + ((x ^ y) & z), K2 = 013240474631.
+    k = 0o13240474631
+    x = (a + (b & c) + ((b ^ c) & d) + i1 + k) & m
+    a = ((x << 3) | (x >> 29)) & m
+    x = (d + (a & b) + ((a ^ b) & c) + i3 + k) & m
+    d = ((x << 5) | (x >> 27)) & m
+    x = (c + (d & a) + ((d ^ a) & b) + i5 + k) & m
+    c = ((x << 9) | (x >> 23)) & m
+    x = (b + (c & d) + ((c ^ d) & a) + i7 + k) & m
+    b = ((x << 13) | (x >> 19)) & m
+    x = (a + (b & c) + ((b ^ c) & d) + i0 + k) & m
+    a = ((x << 3) | (x >> 29)) & m
+    x = (d + (a & b) + ((a ^ b) & c) + i2 + k) & m
+    d = ((x << 5) | (x >> 27)) & m
+    x = (c + (d & a) + ((d ^ a) & b) + i4 + k) & m
+    c = ((x << 9) | (x >> 23)) & m
+    x = (b + (c & d) + ((c ^ d) & a) + i6 + k) & m
+    b = ((x << 13) | (x >> 19)) & m
+    # Round 3: H(x, y, z) = x ^ y ^ z, K3 = 015666365641.
+    k = 0o15666365641
+    x = (a + (b ^ c ^ d) + i3 + k) & m
+    a = ((x << 3) | (x >> 29)) & m
+    x = (d + (a ^ b ^ c) + i7 + k) & m
+    d = ((x << 9) | (x >> 23)) & m
+    x = (c + (d ^ a ^ b) + i2 + k) & m
+    c = ((x << 11) | (x >> 21)) & m
+    x = (b + (c ^ d ^ a) + i6 + k) & m
+    b = ((x << 15) | (x >> 17)) & m
+    x = (a + (b ^ c ^ d) + i1 + k) & m
+    a = ((x << 3) | (x >> 29)) & m
+    x = (d + (a ^ b ^ c) + i5 + k) & m
+    d = ((x << 9) | (x >> 23)) & m
+    x = (c + (d ^ a ^ b) + i0 + k) & m
+    c = ((x << 11) | (x >> 21)) & m
+    x = (b + (c ^ d ^ a) + i4 + k) & m
+    b = ((x << 15) | (x >> 17)) & m
+    buf[0] = (buf[0] + a) & m
+    buf[1] = (buf[1] + b) & m
+    buf[2] = (buf[2] + c) & m
+    buf[3] = (buf[3] + d) & m
 
 
 def _tea(buf: list[int], inp: Sequence[int]) -> None:
@@ -107,8 +140,26 @@ def _tea(buf: list[int], inp: Sequence[int]) -> None:
     buf[1] = (buf[1] + b1) & _M
 
 
+# Hashes already computed, by (name, version, seed): a create hashes its name for the lookup,
+# for the insert, and again when the leaf splits.  A pure function, so the memo is never stale.
+_MEMO: dict[tuple[bytes, int, tuple[int, ...]], tuple[int, int]] = {}
+_MEMO_MAX: Final = 8192
+
+
 def dirhash(name: bytes, version: int, seed: Sequence[int] = (0, 0, 0, 0)) -> tuple[int, int]:
     """(major, minor) hash of ``name``; raises ValueError for an unknown version."""
+    key = (bytes(name), version, tuple(seed))
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit
+    out = _dirhash(name, version, seed)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[key] = out
+    return out
+
+
+def _dirhash(name: bytes, version: int, seed: Sequence[int]) -> tuple[int, int]:
     buf = list(seed) if any(seed) else list(_DEFAULT_SEED)
     signed = version in (HASH_LEGACY, HASH_HALF_MD4, HASH_TEA)
     chars = _chars(name, signed)

@@ -65,16 +65,20 @@ from volfs.ext4.alloc import Allocator
 from volfs.ext4.directory import (
     DxLevel,
     dx_find,
+    entries_after_insert,
     empty_leaf,
     first_dir_block,
     insert_in_block,
     is_dx_node_block,
+    last_record,
+    leaf_end,
     leaf_slack,
     mode_to_ft,
     parse_dir_block,
     parse_dx_node,
     parse_dx_root,
     rec_len_for,
+    record_end,
     remove_from_block,
     set_entry_inode,
     set_leaf_csum,
@@ -120,6 +124,7 @@ from volfs.ext4.superblock import (
     COMPAT_ORPHAN_FILE,
     EXT4_VALID_FS,
     FLAGS_UNSIGNED_HASH,
+    INCOMPAT_FILETYPE,
     INCOMPAT_RECOVER,
     RO_COMPAT_METADATA_CSUM,
     RO_COMPAT_ORPHAN_PRESENT,
@@ -151,6 +156,7 @@ _COMMIT_AT: Final = 2048  # dirty metadata blocks that trigger a commit between 
 _MAX_FILE_BLOCKS: Final = (1 << 32) - 1  # logical blocks an extent tree can address
 _RO_COMPAT_DIR_NLINK: Final = 0x20
 _COMPAT_DIR_INDEX: Final = 0x20
+_LEAF_HINTS: Final = 4096  # last-record hints kept (one per recently written leaf block)
 
 
 def _now_ns() -> int:
@@ -166,7 +172,7 @@ class _DirState:
 
 
 class Writer:
-    __slots__ = ("fs", "txn", "alloc", "_dirs", "_depth", "_start_written", "_kbytes_base")
+    __slots__ = ("fs", "txn", "alloc", "_dirs", "_leaf_last", "_depth", "_start_written", "_kbytes_base")
 
     def __init__(self, fs: Filesystem) -> None:
         from volfs.ext4.device import WritableBlockDevice
@@ -178,6 +184,9 @@ class Writer:
         self.txn = Transaction(fs.cache, dev)
         self.alloc = Allocator(fs)
         self._dirs: OrderedDict[int, _DirState] = OrderedDict()
+        # Leaf block -> (its bytes, offset of its last record): a hint valid only while the block
+        # still holds exactly those bytes (compared on use), so appends need no walk of the block.
+        self._leaf_last: dict[int, tuple[bytes, int]] = {}
         self._depth = 0
         self._start_written = 0
         self._kbytes_base = 0
@@ -763,6 +772,45 @@ class Writer:
             raise CorruptError("directory", f"logical block {lb} is a hole", inode=rec.ino)
         return pb, bytearray(self.fs.cache.read(pb, "directory block", rec.ino))
 
+    def _insert_leaf(self, rec: Inode, lb: int, name: bytes, ino: int, ft: int) -> tuple[int, int] | None:
+        """Put ``name`` into leaf block ``lb`` of directory ``rec`` if it fits: (physical block, offset).
+
+        The block is rewritten (checksum tail included) into the transaction.
+        Two caches are carried across the edit instead of re-walking the block
+        next time: the block's last-record hint (:attr:`_leaf_last`) and, when
+        the read side holds a parse of the old bytes, that parse, patched with
+        the new entry (the read side checks it against the bytes as always).
+        """
+        fs = self.fs
+        bs = fs.sb.block_size
+        csum = fs.sb.metadata_csum
+        pb = fs.runlist(rec).map(lb)
+        if pb is None:
+            raise CorruptError("directory", f"logical block {lb} is a hole", inode=rec.ino)
+        old = fs.cache.read(pb, "directory block", rec.ino)
+        hint = self._leaf_last.get(pb)
+        last = hint[1] if hint is not None and (hint[0] is old or hint[0] == old) else None
+        buf = bytearray(old)
+        pos = insert_in_block(buf, name, ino, ft, bs, csum, last)
+        if pos is None:
+            return None
+        set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
+        self.txn.put(pb, buf)
+        new = fs.cache.read(pb, "directory block", rec.ino)
+        if record_end(new, pos, bs) == leaf_end(bs, csum):
+            last = pos
+        elif last is None:
+            last = last_record(new, bs, csum)
+        if len(self._leaf_last) >= _LEAF_HINTS:
+            self._leaf_last.clear()
+        self._leaf_last[pb] = (new, last)
+        if not fs.salvage and fs.sb.has_incompat(INCOMPAT_FILETYPE):
+            slot = fs._parsed_block("leaf", rec, lb, pb, old)
+            if slot is not None and isinstance(slot.value, list):
+                slot.value = entries_after_insert(slot.value, new, pos, name, ino, ft, lb * bs, bs)
+                slot.data = new
+        return pb, pos
+
     def _find(self, rec: Inode, name: bytes) -> tuple[int, int, int, int] | None:
         """(logical block, offset in block, inode, file type) of ``name``."""
         st = self._dirs.get(rec.ino)
@@ -809,35 +857,32 @@ class Writer:
         # first, then any block that may have room; otherwise add a block.
         n = len(st.slack)
         order = ([n - 1] if n else []) + [lb for lb in range(n - 1) if st.slack[lb] >= need]
-        target = -1
-        pos: int | None = None
         for lb in order:
             if st.slack[lb] < need:
                 continue
-            pb, buf = self._dir_block(rec, lb)
-            pos = insert_in_block(buf, name, ino, ft, bs, csum)
-            if pos is not None:
-                target = lb
-                break
-            st.slack[lb] = leaf_slack(buf, bs, csum)
-        if pos is None and n == 1 and rec.size == bs and self._indexable(rec):
+            done = self._insert_leaf(rec, lb, name, ino, ft)
+            if done is not None:
+                st.names[name] = (lb, done[1], ino, ft)
+                return
+            _pb, full = self._dir_block(rec, lb)
+            st.slack[lb] = leaf_slack(full, bs, csum)
+        if n == 1 and rec.size == bs and self._indexable(rec):
             # A one-block directory that is full becomes indexed (the kernel's make_indexed_dir).
             self._dirs.pop(dir_ino, None)
             self._make_indexed(rec, name, ino, ft)
             return
+        extents, nodes = self._extents(rec)
+        target = n
+        (pb, _), = self.alloc.alloc_blocks(self._goal(dir_ino, extents, target), 1)
+        buf = empty_leaf(bs, seed, csum)
+        pos = insert_in_block(buf, name, ino, ft, bs, csum)
         if pos is None:
-            extents, nodes = self._extents(rec)
-            target = n
-            (pb, _), = self.alloc.alloc_blocks(self._goal(dir_ino, extents, target), 1)
-            buf = empty_leaf(bs, seed, csum)
-            pos = insert_in_block(buf, name, ino, ft, bs, csum)
-            if pos is None:
-                raise CorruptError("directory", "entry does not fit an empty block", inode=dir_ino)
-            ed = InodeEditor(rec.raw)
-            self._set_extents(dir_ino, ed, extents + [Extent(target, 1, pb)], nodes)
-            ed.set_size((target + 1) * bs)
-            self.store(dir_ino, ed)
-            st.slack.append(bs)
+            raise CorruptError("directory", "entry does not fit an empty block", inode=dir_ino)
+        ed = InodeEditor(rec.raw)
+        self._set_extents(dir_ino, ed, extents + [Extent(target, 1, pb)], nodes)
+        ed.set_size((target + 1) * bs)
+        self.store(dir_ino, ed)
+        st.slack.append(bs)
         set_leaf_csum(buf, seed)
         self.txn.put(pb, buf)
         st.names[name] = (target, pos, ino, ft)
@@ -932,11 +977,9 @@ class Writer:
                 parse_dx_node(bytes(buf), ino=rec.ino, block=pb, lblock=lb, block_size=bs, csum_seed=seed)
                 co = NODE_COUNT_OFFSET
         leaf_lb = path[-1][4][path[-1][5]][1]
-        leaf_pb, leaf = self._dir_block(rec, leaf_lb)
-        if insert_in_block(leaf, name, ino, ft, bs, csum) is not None:
-            set_leaf_csum(leaf, seed)
-            self.txn.put(leaf_pb, leaf)
+        if self._insert_leaf(rec, leaf_lb, name, ino, ft) is not None:
             return
+        leaf_pb, leaf = self._dir_block(rec, leaf_lb)
         # The leaf is full: split it (and the index blocks above it as needed).
         items = self._leaf_items(rec, leaf, leaf_pb, version)
         items = sorted(items + [LeafEntry(h, minor, name, ino, ft)], key=lambda e: (e.hash, e.minor))
