@@ -39,6 +39,7 @@ are therefore never handed out.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from volfs.errors import CorruptError, error
@@ -60,6 +61,7 @@ from volfs.ext4.group import (
     group_blocks,
     group_first_block,
     group_has_super,
+    parse_group_desc,
     update_group_desc,
 )
 from volfs.ext4.types import InodeNo
@@ -87,10 +89,17 @@ class Allocator:
         blk = descriptor_block(sb, group // per_block)
         data = bytearray(fs.txn_required().read(blk, "group descriptor"))
         off = (group % per_block) * sb.desc_size
-        data[off : off + sb.desc_size] = update_group_desc(sb, fs.fs_seed, group, bytes(data[off : off + sb.desc_size]),
-                                                           values)
-        fs.txn_required().put(blk, data)
-        fs.forget_desc(group)
+        raw = update_group_desc(sb, fs.fs_seed, group, bytes(data[off : off + sb.desc_size]), values)
+        data[off : off + sb.desc_size] = raw
+        txn = fs.txn_required()
+        txn.put(blk, data)
+        # Hand the read side the decoded new descriptor instead of making it decode (and verify)
+        # the bytes just written: its slot is stamped with the current epoch and the block's
+        # bytes, so the usual revalidation ("Decoded caches" in filesystem.py) applies from here on.
+        from volfs.ext4.filesystem import _DescSlot
+
+        desc = parse_group_desc(sb, fs.fs_seed, group, raw, verify=False, block=blk)
+        fs._descs[group] = _DescSlot(fs.cache.epoch, blk, txn.read(blk, "group descriptor"), raw, desc)
 
     def free_blocks_total(self) -> int:
         return sum(self.fs.group_desc(g).free_blocks for g in range(self.fs.sb.group_count))
@@ -271,21 +280,37 @@ class Allocator:
             values["inode_bitmap_csum"] = inode_bitmap_csum(sb, fs.fs_seed, data)
         self._update_desc(group, values)
 
-    def _pick_group(self, parent_group: int, is_dir: bool, top_level: bool) -> list[int]:
+    def _pick_group(self, parent_group: int, is_dir: bool, top_level: bool) -> Iterator[int]:
+        """Groups to try for a new inode, best first (policy in the module header).
+
+        Lazy: the caller stops at the first group that has a free inode, so
+        only the descriptors of the groups it looks at are decoded (a file
+        created in its parent's group costs one, whatever the group count).
+        The order is that of a full scan, since the caller changes no
+        descriptor before it stops.
+        """
         fs = self.fs
         n = fs.sb.group_count
-        descs = [fs.group_desc(g) for g in range(n)]
         if is_dir and top_level:
+            descs = [fs.group_desc(g) for g in range(n)]
             avg_i = sum(d.free_inodes for d in descs) / n
             avg_b = sum(d.free_blocks for d in descs) / n
             good = [g for g, d in enumerate(descs) if d.free_inodes and d.free_inodes >= avg_i
                     and d.free_blocks >= avg_b]
             good.sort(key=lambda g: (descs[g].used_dirs, (g - parent_group) % n))
             if good:
-                return good + [g for g in range(n) if g not in good]
-        order = [(parent_group + k) % n for k in range(n)]
-        with_blocks = [g for g in order if descs[g].free_inodes and descs[g].free_blocks]
-        return with_blocks + [g for g in order if g not in with_blocks]
+                yield from good
+                yield from (g for g in range(n) if g not in good)
+                return
+        later: list[int] = []
+        for k in range(n):
+            g = (parent_group + k) % n
+            d = fs.group_desc(g)
+            if d.free_inodes and d.free_blocks:
+                yield g
+            else:
+                later.append(g)
+        yield from later
 
     def alloc_inode(self, parent: int, is_dir: bool) -> InodeNo:
         """A free inode number near ``parent`` (policy above); ENOSPC when none is left."""

@@ -214,7 +214,9 @@ def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block
 
 # --- the write side -----------------------------------------------------------
 
-_CODES: Final = dict(INODE.fields)
+# Field name -> (offset, compiled little-endian struct, end offset): InodeEditor's hot path.
+_FIELDS: Final = {name: (INODE.offsets[name], struct.Struct("<" + code), INODE.offsets[name] + INODE.field_size(name))
+                  for name, code in INODE.fields}
 _TIME_FIELDS: Final = {"a": ("i_atime", "i_atime_extra"), "m": ("i_mtime", "i_mtime_extra"),
                        "c": ("i_ctime", "i_ctime_extra"), "cr": ("i_crtime", "i_crtime_extra")}
 _S32_MIN: Final = -(1 << 31)
@@ -274,20 +276,20 @@ class InodeEditor:
         return ed
 
     def has(self, name: str) -> bool:
-        off = INODE.offsets[name]
-        if off < INODE_BASE_SIZE:
-            return True
-        return off + INODE.field_size(name) <= INODE_BASE_SIZE + self.extra_isize
+        off, _st, end = _FIELDS[name]
+        return off < INODE_BASE_SIZE or end <= INODE_BASE_SIZE + self.extra_isize
 
     def get(self, name: str) -> int:
-        if not self.has(name):
+        off, st, end = _FIELDS[name]
+        if off >= INODE_BASE_SIZE and end > INODE_BASE_SIZE + self.extra_isize:
             return 0
-        v: int = struct.unpack_from("<" + _CODES[name], self.buf, INODE.offsets[name])[0]
+        v: int = st.unpack_from(self.buf, off)[0]
         return v
 
     def set(self, name: str, value: int) -> None:
-        if self.has(name):
-            struct.pack_into("<" + _CODES[name], self.buf, INODE.offsets[name], value)
+        off, st, end = _FIELDS[name]
+        if off < INODE_BASE_SIZE or end <= INODE_BASE_SIZE + self.extra_isize:
+            st.pack_into(self.buf, off, value)
 
     def set_time(self, which: str, ns: int) -> None:
         base, extra = _TIME_FIELDS[which]

@@ -157,6 +157,7 @@ _MAX_FILE_BLOCKS: Final = (1 << 32) - 1  # logical blocks an extent tree can add
 _RO_COMPAT_DIR_NLINK: Final = 0x20
 _COMPAT_DIR_INDEX: Final = 0x20
 _LEAF_HINTS: Final = 4096  # last-record hints kept (one per recently written leaf block)
+_SEEDS: Final = 1024  # per-inode checksum seeds kept (a pure function of fs seed, number, generation)
 
 
 def _now_ns() -> int:
@@ -172,7 +173,7 @@ class _DirState:
 
 
 class Writer:
-    __slots__ = ("fs", "txn", "alloc", "_dirs", "_leaf_last", "_depth", "_start_written", "_kbytes_base")
+    __slots__ = ("fs", "txn", "alloc", "_dirs", "_leaf_last", "_seeds", "_depth", "_start_written", "_kbytes_base")
 
     def __init__(self, fs: Filesystem) -> None:
         from volfs.ext4.device import WritableBlockDevice
@@ -187,6 +188,7 @@ class Writer:
         # Leaf block -> (its bytes, offset of its last record): a hint valid only while the block
         # still holds exactly those bytes (compared on use), so appends need no walk of the block.
         self._leaf_last: dict[int, tuple[bytes, int]] = {}
+        self._seeds: dict[tuple[int, int, int], int] = {}
         self._depth = 0
         self._start_written = 0
         self._kbytes_base = 0
@@ -323,7 +325,13 @@ class Writer:
     def _iseed(self, ino: int, generation: int) -> int | None:
         if not self.fs.sb.metadata_csum:
             return None
-        return inode_seed(self.fs.fs_seed, ino, generation)
+        key = (self.fs.fs_seed, ino, generation)
+        seed = self._seeds.get(key)
+        if seed is None:
+            if len(self._seeds) >= _SEEDS:
+                self._seeds.clear()
+            seed = self._seeds[key] = inode_seed(self.fs.fs_seed, ino, generation)
+        return seed
 
     def editor(self, ino: int) -> InodeEditor:
         return InodeEditor(self.fs.inode(ino).raw)

@@ -1,0 +1,116 @@
+"""The write path's caches change nothing that is written or read.
+
+Each shortcut is compared with the slow path it replaces: the last-record hint
+of a leaf insert with the walk over the block, the read side's patched leaf
+parse with a fresh parse, the group descriptors the allocator hands the read
+side with a decode of the bytes on disk, the memoized and unrolled name hash
+with its definition.  Every image ends e2fsck-clean.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ext4_write.support import check
+from volfs.backend import Ino, OpenFlags
+from volfs.backends.ext4 import Ext4Backend
+from volfs.ext4.directory import (
+    empty_leaf,
+    insert_in_block,
+    last_record,
+    leaf_end,
+    remove_from_block,
+    set_leaf_csum,
+)
+from volfs.ext4.dirhash import _dirhash, dirhash
+from volfs.ext4.group import descriptor_block, parse_group_desc
+
+ROOT = Ino(2)
+
+
+@pytest.mark.parametrize("csum", [True, False])
+def test_insert_hint_writes_the_same_bytes(csum: bool) -> None:
+    rnd = random.Random(11)
+    bs = 4096
+    for _round in range(30):
+        buf = empty_leaf(bs, 0x1234 if csum else None, csum)
+        placed: list[int] = []
+        for k in range(400):
+            if placed and rnd.random() < 0.25:
+                remove_from_block(buf, placed.pop(rnd.randrange(len(placed))), bs, csum)
+                continue
+            name = bytes(rnd.choice(b"abcdefgh") for _ in range(rnd.randint(1, 60)))
+            slow = bytearray(buf)
+            fast = bytearray(buf)
+            want = insert_in_block(slow, name, 100 + k, 1, bs, csum)
+            got = insert_in_block(fast, name, 100 + k, 1, bs, csum, last_record(buf, bs, csum))
+            assert got == want and fast == slow
+            if want is None:
+                break
+            buf = slow
+            placed.append(want)
+        set_leaf_csum(buf, 0x1234 if csum else None)
+        assert len(buf) == bs and last_record(buf, bs, csum) < leaf_end(bs, csum)
+
+
+def test_memoized_hash_matches_definition() -> None:
+    rnd = random.Random(3)
+    for _ in range(300):
+        name = bytes(rnd.randrange(1, 256) for _ in range(rnd.randint(1, 255)))
+        seed = tuple(rnd.randrange(1 << 32) for _ in range(4)) if rnd.random() < 0.5 else (0, 0, 0, 0)
+        for version in range(6):
+            assert dirhash(name, version, seed) == _dirhash(name, version, seed)
+            assert dirhash(name, version, seed) == _dirhash(name, version, seed)  # from the memo
+
+
+@pytest.mark.parametrize("variant", ["default", "b1024", "nocsum", "i128"])
+def test_read_caches_follow_writes(variant: str, make_image: Callable[..., Path]) -> None:
+    image = make_image(variant)
+    backend = Ext4Backend(image, readonly=False)
+    fs = backend.filesystem
+    rnd = random.Random(5)
+    d = backend.mkdir(ROOT, b"d", 0o755, 0, 0).ino
+    names: list[bytes] = []
+    for i in range(1200):
+        if names and rnd.random() < 0.25:
+            backend.unlink(d, names.pop(rnd.randrange(len(names))))
+        else:
+            name = bytes(rnd.choice(b"abcdefghij") for _ in range(rnd.randint(1, 40))) + b"%d" % i
+            fh, attr = backend.create(d, name, 0o644, OpenFlags.WRITE, 0, 0)
+            backend.write(fh, 0, b"z" * rnd.randint(1, 9000))
+            backend.release(fh)
+            backend.forget(attr.ino, 1)
+            names.append(name)
+        if i % 97 == 0:
+            _check_caches(fs)
+            got = sorted(e.name for e in backend.readdir(d) if e.name not in (b".", b".."))
+            assert got == sorted(names)
+    _check_caches(fs)
+    for name in names[:50]:
+        assert backend.lookup(d, name).ino
+    backend.close()
+    check(image)
+
+
+def _check_caches(fs: object) -> None:
+    """Every cached leaf parse and group descriptor equals a fresh decode of the current bytes."""
+    from volfs.ext4.filesystem import Filesystem
+
+    assert isinstance(fs, Filesystem)
+    for (kind, ino, lb), slot in list(fs._parsed._d.items()):
+        if kind != "leaf":
+            continue
+        rec = fs.inode(ino)
+        pb, data = fs._dir_block(rec, lb)
+        if fs._parsed_block("leaf", rec, lb, pb, data) is slot:
+            assert slot.value == fs._leaf_entries(rec, lb, pb, data)
+    sb = fs.sb
+    per_block = sb.block_size // sb.desc_size
+    for g in range(sb.group_count):
+        raw = fs.cache.read(descriptor_block(sb, g // per_block))
+        off = (g % per_block) * sb.desc_size
+        assert fs.group_desc(g) == parse_group_desc(sb, fs.fs_seed, g, raw[off : off + sb.desc_size], verify=True)
