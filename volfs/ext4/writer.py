@@ -1338,9 +1338,12 @@ class Writer:
                     self._touch(ed, now, mtime=False)
                     self.store(r.ino, ed)
                 return
+            if dst is not None and flags & RENAME_NOREPLACE:
+                raise error(errno.EEXIST, f"{new_name!r} exists")
+            # The kernel (do_renameat2) checks the subtree before the target's type (vfs_rename).
+            if s_rec.is_dir and old_parent != new_parent and self._is_ancestor(s_rec.ino, new_parent):
+                raise error(errno.EINVAL, "directory into its own subtree")
             if dst is not None:
-                if flags & RENAME_NOREPLACE:
-                    raise error(errno.EEXIST, f"{new_name!r} exists")
                 d_rec = fs.inode(dst[2])
                 if d_rec.ino == s_rec.ino:
                     return
@@ -1351,8 +1354,6 @@ class Writer:
                 if d_rec.is_dir and not self._is_empty_dir(d_rec):
                     raise error(errno.ENOTEMPTY, "target directory not empty")
                 self._writable_inode(d_rec)
-            if s_rec.is_dir and old_parent != new_parent and self._is_ancestor(s_rec.ino, new_parent):
-                raise error(errno.EINVAL, "directory into its own subtree")
             if s_rec.is_dir and old_parent != new_parent and dst is None:
                 if np_rec.links_count >= LINK_MAX and not fs.sb.has_ro_compat(_RO_COMPAT_DIR_NLINK):
                     raise error(errno.EMLINK, "too many subdirectories")
