@@ -67,6 +67,8 @@ def script(root: Path) -> Iterator[tuple[str, Outcome]]:
     yield step("rmdir a file", lambda: os.rmdir(r / "d" / "f"))
     yield step("rmdir non-empty", lambda: os.rmdir(r / "d"))
     yield step("rename dir into itself", lambda: os.rename(r / "d", r / "d" / "s1" / "inside"))
+    yield step("rename dir onto a file inside itself", lambda: os.rename(r / "d", r / "d" / "f"))
+    yield step("rename dir onto its own ancestor", lambda: os.rename(r / "d" / "s1", r / "d"))
     yield step("rename file over dir", lambda: os.rename(r / "d" / "f", r / "d" / "s1"))
     yield step("rename dir over file", lambda: os.rename(r / "d" / "s1", r / "d" / "f"))
     yield step("rename dir over non-empty dir", lambda: (os.mkdir(r / "d" / "s2" / "c"), os.rename(r / "d" / "s1", r / "d" / "s2")))
