@@ -819,6 +819,13 @@ class Writer:
                 slot.data = new
         return pb, pos
 
+    def _find_existing(self, rec: Inode, name: bytes) -> tuple[int, int, int, int]:
+        """:meth:`_find`, with ENOENT when ``name`` is not there."""
+        hit = self._find(rec, name)
+        if hit is None:
+            raise error(errno.ENOENT, f"no entry {name!r}")
+        return hit
+
     def _find(self, rec: Inode, name: bytes) -> tuple[int, int, int, int] | None:
         """(logical block, offset in block, inode, file type) of ``name``."""
         st = self._dirs.get(rec.ino)
@@ -1033,9 +1040,7 @@ class Writer:
         """Remove ``name``; its (inode, file type)."""
         fs = self.fs
         rec = self._dir_rec(dir_ino)
-        hit = self._find(rec, name)
-        if hit is None:
-            raise error(errno.ENOENT, f"no entry {name!r}")
+        hit = self._find_existing(rec, name)
         rec = fs.inode(dir_ino)
         lb, pos, ino, ft = hit
         bs = fs.sb.block_size
@@ -1053,9 +1058,7 @@ class Writer:
     def _retarget_entry(self, dir_ino: int, name: bytes, ino: int, ft: int) -> None:
         fs = self.fs
         rec = self._dir_rec(dir_ino)
-        hit = self._find(rec, name)
-        if hit is None:
-            raise error(errno.ENOENT, f"no entry {name!r}")
+        hit = self._find_existing(rec, name)
         rec = fs.inode(dir_ino)
         lb, pos, _old, _ft = hit
         pb, buf = self._dir_block(rec, lb)
@@ -1247,9 +1250,7 @@ class Writer:
         fs = self.fs
         with self.op():
             rec = self._dir_rec(parent)
-            hit = self._find(rec, name)
-            if hit is None:
-                raise error(errno.ENOENT, f"no entry {name!r}")
+            hit = self._find_existing(rec, name)
             target = fs.inode(hit[2])
             if target.is_dir:
                 raise error(errno.EISDIR, "is a directory")
@@ -1264,9 +1265,7 @@ class Writer:
         fs = self.fs
         with self.op():
             rec = self._dir_rec(parent)
-            hit = self._find(rec, name)
-            if hit is None:
-                raise error(errno.ENOENT, f"no entry {name!r}")
+            hit = self._find_existing(rec, name)
             target = fs.inode(hit[2])
             if not target.is_dir:
                 raise error(errno.ENOTDIR, "not a directory")
@@ -1303,9 +1302,7 @@ class Writer:
         with self.op():
             op_rec = self._dir_rec(old_parent)
             np_rec = self._dir_rec(new_parent)
-            src = self._find(op_rec, old_name)
-            if src is None:
-                raise error(errno.ENOENT, f"no entry {old_name!r}")
+            src = self._find_existing(op_rec, old_name)
             dst = self._find(np_rec, new_name)
             s_rec = fs.inode(src[2])
             self._writable_inode(s_rec)
