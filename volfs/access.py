@@ -41,28 +41,25 @@ def open_backend(handle: VolumeHandle, *, readonly: bool) -> tuple[Backend, Acce
     """
     from volfs.volume import VolumeKind
 
+    disk = handle.kind is VolumeKind.DISK
+    target = handle.path / DISK_IMAGE_NAME if disk else handle.path
+    # Directory volumes share their lock: several handles may work on one directory.
+    lock = AccessLock(target, handle.name, exclusive=disk and not readonly)
     backend: Backend
-    if handle.kind is VolumeKind.DISK:
-        from volfs.backends.ext4 import Ext4Backend
-
-        image = handle.path / DISK_IMAGE_NAME
-        lock = AccessLock(image, handle.name, exclusive=not readonly)
-        try:
-            backend = Ext4Backend(image, readonly=readonly)
-        except BaseException:
-            lock.release()
-            raise
-        if backend.readonly:
-            lock.downgrade()
-        return backend, lock
-    from volfs.backends.directory import DirectoryBackend
-
-    lock = AccessLock(handle.path, handle.name, exclusive=False)
     try:
-        backend = DirectoryBackend(handle.path, readonly=readonly)
+        if disk:
+            from volfs.backends.ext4 import Ext4Backend
+
+            backend = Ext4Backend(target, readonly=readonly)
+        else:
+            from volfs.backends.directory import DirectoryBackend
+
+            backend = DirectoryBackend(target, readonly=readonly)
     except BaseException:
         lock.release()
         raise
+    if backend.readonly:
+        lock.downgrade()  # no-op for a shared lock
     return backend, lock
 
 
