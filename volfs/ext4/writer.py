@@ -137,9 +137,14 @@ from volfs.ext4.xattr import (
     ACL_INDEXES,
     XATTR_ENTRY,
     XATTR_MAGIC,
+    XattrEntry,
+    acl_chmod,
+    acl_inherit,
     pack_xattr_block,
     parse_ibody,
+    parse_xattr_block,
     split_name,
+    xattr_block_checksum,
     xattr_to_acl,
 )
 
@@ -148,6 +153,9 @@ if TYPE_CHECKING:
     from volfs.ext4.filesystem import Filesystem
 
 __all__ = ["Writer", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "LINK_MAX"]
+
+_ACL_ACCESS: Final = b"system.posix_acl_access"
+_ACL_DEFAULT: Final = b"system.posix_acl_default"
 
 RENAME_NOREPLACE: Final = 1
 RENAME_EXCHANGE: Final = 2
@@ -565,16 +573,21 @@ class Writer:
         self.alloc.free_inode(rec.ino, rec.is_dir)
         self._dirs.pop(rec.ino, None)
 
+    def _xattr_block(self, ino: int, block: int) -> tuple[int, list[XattrEntry]]:
+        """(refcount, entries) of xattr block ``block``, verified: EUCLEAN if it is corrupt."""
+        raw = self.txn.read(block, "xattr block", ino)
+        entries = parse_xattr_block(raw, ino=ino, block=block, csum_seed=self._csum_seed())
+        return struct.unpack_from("<I", raw, 4)[0], entries
+
     def _drop_xattr_block(self, ino: int, block: int) -> None:
-        data = bytearray(self.txn.read(block, "xattr block", ino))
-        refcount = struct.unpack_from("<I", data, 4)[0]
+        # Verified first: a corrupt block is neither freed nor rewritten (its refcount may be garbage).
+        refcount, _ = self._xattr_block(ino, block)
         if refcount <= 1:
             self.alloc.free_blocks(block, 1)
             return
+        data = bytearray(self.txn.read(block, "xattr block", ino))
         struct.pack_into("<I", data, 4, refcount - 1)
         if self.fs.sb.metadata_csum:
-            from volfs.ext4.xattr import xattr_block_checksum
-
             struct.pack_into("<I", data, 16, xattr_block_checksum(self.fs.fs_seed, block, bytes(data)))
         self.txn.put(block, data)
 
@@ -1135,6 +1148,7 @@ class Writer:
                 ed.set_i_block(encode_rdev(rdev))
             ed.set("i_links_count", 1)
             self.store(ino, ed)
+            self._inherit_acl(parent, ino)
             self._add_entry(parent, name, ino, mode_to_ft(fmt))
             self._touch_dir(parent, now)
         self.maybe_commit()
@@ -1165,6 +1179,7 @@ class Writer:
             self._set_extents(ino, ed, [Extent(0, 1, pb)], [])
             ed.set_size(bs)
             self.store(ino, ed)
+            self._inherit_acl(parent, ino)
             self._add_entry(parent, name, ino, 2)
             self._touch_dir(parent, now, links=1)
         self.maybe_commit()
@@ -1407,7 +1422,36 @@ class Writer:
                 ed.set_time("m", mtime_ns)
             ed.set_time("c", ctime_ns if ctime_ns is not None else _now_ns())
             self.store(ino, ed)
+            if mode is not None and not rec.is_symlink:
+                # As the kernel's posix_acl_chmod: a stored access ACL follows the new mode, else its
+                # owner/mask/other entries would keep granting what chmod just took away.
+                acl = self._stored_acl(ino, _ACL_ACCESS)
+                if acl is not None:
+                    self._xattr_change(ino, _ACL_ACCESS, acl_chmod(acl, mode), 0)
         self.maybe_commit()
+
+    def _stored_acl(self, ino: int, name: bytes) -> bytes | None:
+        """The stored ACL ``name`` of ``ino`` in xattr format, or None."""
+        rec = self.fs.inode(ino)
+        if not rec.file_acl and not any(rec.ibody_xattr_area[4:8]):
+            return None  # no xattrs at all: the common case of every create, decided without parsing
+        return self.fs.xattrs(ino).get(name)
+
+    def _inherit_acl(self, parent: int, ino: int) -> None:
+        """A new inode in a directory with a default ACL gets what posix_acl_create gives it."""
+        default = self._stored_acl(parent, _ACL_DEFAULT)
+        if default is None:
+            return
+        rec = self.fs.inode(ino)
+        mode, access = acl_inherit(default, rec.mode)
+        if mode != rec.mode:
+            ed = InodeEditor(rec.raw)
+            ed.set("i_mode", mode)
+            self.store(ino, ed)
+        if rec.is_dir:
+            self._xattr_change(ino, _ACL_DEFAULT, default, 0)
+        if access is not None:
+            self._xattr_change(ino, _ACL_ACCESS, access, 0)
 
     # -- xattrs (in the inode body, then one xattr block, copied on write when shared) -----------------------------------------------------------------------
 
@@ -1450,11 +1494,7 @@ class Writer:
             blk_entries: list[tuple[int, bytes, bytes]] = []
             refcount = 0
             if rec.file_acl:
-                from volfs.ext4.xattr import parse_xattr_block
-
-                raw_blk = fs.cache.read(rec.file_acl, "xattr block", ino)
-                refcount = struct.unpack_from("<I", raw_blk, 4)[0]
-                parsed_blk = parse_xattr_block(raw_blk, ino=ino, block=rec.file_acl, csum_seed=self._csum_seed())
+                refcount, parsed_blk = self._xattr_block(ino, rec.file_acl)
                 if any(e.value_inum for e in parsed_blk):
                     raise error(errno.EOPNOTSUPP, "xattrs stored in EA inodes are not changed")
                 blk_entries = [(e.name_index, e.name, e.value or b"") for e in parsed_blk]

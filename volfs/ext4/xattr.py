@@ -29,7 +29,7 @@ from volfs.ext4.checksum import crc32c_raw
 __all__ = ["XATTR_HEADER", "XATTR_IBODY_HEADER", "XATTR_ENTRY", "XattrEntry", "parse_xattr_entries",
            "parse_ibody", "parse_xattr_block", "full_name", "split_name", "acl_to_xattr", "xattr_to_acl",
            "XATTR_MAGIC",
-           "xattr_entry_hash", "pack_xattr_block", "xattr_block_checksum"]
+           "xattr_entry_hash", "pack_xattr_block", "xattr_block_checksum", "acl_chmod", "acl_inherit"]
 
 XATTR_HEADER = Struct("ext4_xattr_header", [
     ("h_magic", "I"), ("h_refcount", "I"), ("h_blocks", "I"), ("h_hash", "I"), ("h_checksum", "I"),
@@ -223,6 +223,68 @@ def xattr_to_acl(value: bytes, *, is_default: bool) -> tuple[bytes, int, bool]:
     mode = (perms[_ACL_USER_OBJ] << 6) | (group << 3) | perms[_ACL_OTHER]
     equivalent = not named and _ACL_MASK not in seen and not is_default
     return b"".join(out), mode, equivalent
+
+
+def _acl_entries(value: bytes) -> list[list[int]]:
+    """A valid ``system.posix_acl_*`` value (version 2) as [tag, perm, id] lists."""
+    return [list(struct.unpack_from("<HHI", value, pos)) for pos in range(4, len(value), 8)]
+
+
+def _acl_value(entries: list[list[int]]) -> bytes:
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def acl_chmod(value: bytes, mode: int) -> bytes:
+    """An access ACL after chmod to ``mode`` (the kernel's ``__posix_acl_chmod``).
+
+    The owner and other entries take the mode's owner and other bits; the
+    group bits go to the mask when there is one (the owning group entry then
+    keeps its permissions), else to the owning group entry.
+    """
+    entries = _acl_entries(value)
+    has_mask = any(e[0] == _ACL_MASK for e in entries)
+    for e in entries:
+        if e[0] == _ACL_USER_OBJ:
+            e[1] = (mode >> 6) & 7
+        elif e[0] == _ACL_OTHER:
+            e[1] = mode & 7
+        elif e[0] == (_ACL_MASK if has_mask else _ACL_GROUP_OBJ):
+            e[1] = (mode >> 3) & 7
+    return _acl_value(entries)
+
+
+def acl_inherit(default: bytes, mode: int) -> tuple[int, bytes | None]:
+    """What a new inode gets from its directory's default ACL (``posix_acl_create``).
+
+    Returns the new permission bits (``mode`` masked by the ACL, and the ACL by
+    ``mode``, as ``posix_acl_create_masq``) and the access ACL to store, or
+    None when it says no more than those bits (no named entries, no mask).
+    The caller also copies ``default`` as the default ACL of a new directory.
+    """
+    entries = _acl_entries(default)
+    perm = mode & 0o777
+    not_equiv = False
+    group: list[int] | None = None
+    mask: list[int] | None = None
+    for e in entries:
+        if e[0] == _ACL_USER_OBJ:
+            e[1] &= (perm >> 6) & 7
+            perm &= (e[1] << 6) | 0o077
+        elif e[0] in (_ACL_USER, _ACL_GROUP):
+            not_equiv = True
+        elif e[0] == _ACL_GROUP_OBJ:
+            group = e
+        elif e[0] == _ACL_OTHER:
+            e[1] &= perm & 7
+            perm &= e[1] | 0o770
+        elif e[0] == _ACL_MASK:
+            mask = e
+            not_equiv = True
+    target = mask if mask is not None else group
+    if target is not None:
+        target[1] &= (perm >> 3) & 7
+        perm &= (target[1] << 3) | 0o707
+    return (mode & ~0o777) | perm, _acl_value(entries) if not_equiv else None
 
 
 # --- the write side -------------------------------------------------------------
