@@ -1121,6 +1121,13 @@ class Writer:
             return
         ed.set("i_links_count", n + 1)
 
+    def _check_link_max(self, rec: Inode) -> None:
+        """EMLINK when directory ``rec`` cannot take another subdirectory (the kernel's EXT4_DIR_LINK_MAX):
+        only an indexed directory on a dir_nlink filesystem goes past LINK_MAX (its count then reads 1)."""
+        if rec.links_count >= LINK_MAX and not (
+                self.fs.sb.has_ro_compat(_RO_COMPAT_DIR_NLINK) and self.fs._is_dx(rec)):
+            raise error(errno.EMLINK, f"directory inode {rec.ino} has too many subdirectories")
+
     @staticmethod
     def _dec_dir_links(ed: InodeEditor) -> None:
         n = ed.get("i_links_count")
@@ -1167,8 +1174,7 @@ class Writer:
         fs = self.fs
         with self.op():
             prec = self._check_parent(parent, name)
-            if prec.links_count >= LINK_MAX and not fs.sb.has_ro_compat(_RO_COMPAT_DIR_NLINK):
-                raise error(errno.EMLINK, "too many subdirectories")
+            self._check_link_max(prec)
             now = _now_ns()
             ino, ed = self._new_inode(parent, stat.S_IFDIR | (mode & 0o7777), uid, gid, now)
             bs = fs.sb.block_size
@@ -1367,8 +1373,7 @@ class Writer:
                     raise error(errno.ENOTEMPTY, "target directory not empty")
                 self._writable_inode(d_rec)
             if s_rec.is_dir and old_parent != new_parent and dst is None:
-                if np_rec.links_count >= LINK_MAX and not fs.sb.has_ro_compat(_RO_COMPAT_DIR_NLINK):
-                    raise error(errno.EMLINK, "too many subdirectories")
+                self._check_link_max(np_rec)
             ft = mode_to_ft(s_rec.mode)
             if dst is not None:
                 self._retarget_entry(new_parent, new_name, s_rec.ino, ft)
