@@ -472,7 +472,8 @@ def test_enospc_during_conversion_changes_nothing(tmp_path: Path) -> None:
     ("/d", "size", "61"),  # an inline dir's i_size must be 60 + the system.data value
     ("/f", "size", "200"),  # more bytes than stored inline
     ("/d", "block[0]", "99999999"),  # parent beyond s_inodes_count
-    ("/d", "block[1]", "0x00040000"),  # first record: inode 0, rec_len 4 (invalid)
+    ("/d", "block[1]", "0x00040000"),  # first record's inode beyond s_inodes_count
+    ("/d", "block[2]", "0x00000004"),  # first record's rec_len 4 (below the minimum)
 ])
 def test_corrupt_inline_inodes_give_euclean_and_change_nothing(target: str, field: str, value: str,
                                                                tmp_path: Path) -> None:
@@ -571,3 +572,40 @@ def test_kernel_keeps_writing_what_volfs_made_inline(tmp_path: Path) -> None:
     check(image)
     assert inline_size(image, "/d") is None and inline_size(image, "/d/f") is None
     assert kernel_names(image, "/d") == {"f", "g"} | {f"k{i}" for i in range(40)}
+
+
+# -- the layout module against images others wrote ------------------------------------------------
+
+
+def test_layout_round_trips_kernel_made_inodes_and_capacity_matches_the_packer(tmp_path: Path) -> None:
+    """inline.py decodes and re-encodes kernel-made inline dirs byte for byte; the capacity it
+    computes is the size the kernel grew a full directory to; the xattr packer agrees with it."""
+    need_root("kernel writes the fixture")
+    from volfs.ext4.inline import DATA_INDEX, DATA_NAME, InlineDir, capacity, inline_bytes, value_capacity
+    from volfs.ext4.writer import _pack_ibody
+
+    image = make(tmp_path, "i1024")
+    with loop_mount(image, "rw") as mnt:
+        (mnt / "d").mkdir()
+        for i in range(30):
+            (mnt / "d" / f"entry-{i}").write_bytes(b"")
+        os.setxattr(mnt / "d", "user.note", b"n" * 10)
+        (mnt / "f").write_bytes(b"f" * 300)
+    with Filesystem.open(image) as fs:
+        d = fs.inode(fs.lookup_ino(ROOT, b"d"))
+        loaded = InlineDir.load(d, inodes_count=fs.sb.inodes_count)
+        raw = inline_bytes(d)
+        assert loaded.i_block() == d.i_block and bytes(loaded.tail) == raw[60:]
+        assert {e.name for e in loaded.entries} == {b"entry-%d" % i for i in range(30)}
+        assert d.size == len(raw) == 60 + value_capacity([], 1024 - 160)  # grown to the capacity at once
+        assert capacity(d) == d.size and d.file_acl  # the body was full: the kernel put user.note in a block
+        f = fs.inode(fs.lookup_ino(ROOT, b"f"))
+        assert inline_bytes(f)[:300] == b"f" * 300
+    for others in ([], [(1, b"note", b"n" * 10)], [(1, b"x" * 40, b"y" * 200), (6, b"selinux", b"z" * 30)]):
+        for area in (96, 352, 864):
+            v = value_capacity(others, area)
+            if v < 0:
+                assert _pack_ibody(others + [(DATA_INDEX, DATA_NAME, b"")], area) is None
+                continue
+            assert _pack_ibody(others + [(DATA_INDEX, DATA_NAME, b"d" * v)], area) is not None
+            assert _pack_ibody(others + [(DATA_INDEX, DATA_NAME, b"d" * (v + 1))], area) is None

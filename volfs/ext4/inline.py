@@ -115,9 +115,16 @@ def _others(rec: Inode) -> list[tuple[int, bytes, bytes]]:
 
 
 def capacity(rec: Inode) -> int:
-    """How many bytes ``rec`` can hold inline (0: none, the inode body has no room for system.data)."""
+    """How many bytes ``rec`` can hold inline; 0 when it cannot grow there at all.
+
+    As the kernel's ``ext4_get_max_inline_size``: 0 without extra inode
+    fields, and 0 (not 60) when ``system.data`` could take no bytes, so
+    files convert rather than stay inline in a full inode body.
+    """
+    if rec.extra_isize == 0:
+        return 0
     v = value_capacity(_others(rec), len(rec.ibody_xattr_area))
-    return 0 if v < 0 else MIN_INLINE_DATA_SIZE + v
+    return 0 if v <= 0 else MIN_INLINE_DATA_SIZE + v
 
 
 def file_layout(data: bytes) -> tuple[bytes, bytes]:
