@@ -79,17 +79,13 @@ def _set_body(ino: int, ed: InodeEditor, i_block: bytes, value: bytes | None) ->
     ed.set_i_block(i_block)
 
 
-def _has_body(w: Writer, rec: Inode) -> bool:
-    return w.fs.sb.has_incompat(INCOMPAT_INLINE_DATA) and capacity(rec) > 0
-
-
 def may_inline(w: Writer, rec: Inode, end: int) -> bool:
     """Whether an empty extent-mapped regular file whose first write ends at ``end`` goes inline."""
     if not rec.is_reg or rec.flags & EXT4_INLINE_DATA_FL or not rec.flags & EXT4_EXTENTS_FL or rec.size:
         return False
     if rec.i_block[2:4] != b"\0\0":  # eh_entries: the extent root is not empty
         return False
-    return _has_body(w, rec) and end <= capacity(rec)
+    return w.fs.sb.has_incompat(INCOMPAT_INLINE_DATA) and end <= capacity(rec)  # capacity 0: no body
 
 
 def _store_file(w: Writer, rec: Inode, data: bytes, now: int) -> None:
