@@ -22,6 +22,13 @@ WRITE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "noflex": ("64M", ("-b", "1024", "-O", "^flex_bg")),
     "i128": ("64M", ("-I", "128")),
     "csumseed": ("64M", ("-b", "4096", "-O", "metadata_csum_seed")),
+    "inline": ("64M", ("-b", "4096", "-O", "inline_data")),
+}
+# inline_data images with more room in the inode (-I 1024), and with 1 KiB blocks and no metadata_csum
+INLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "inline": WRITE_VARIANTS["inline"],
+    "inline-i1024": ("64M", ("-I", "1024", "-O", "inline_data")),
+    "inline-b1024-nocsum": ("64M", ("-b", "1024", "-O", "inline_data,^metadata_csum")),
 }
 
 # path -> attributes as the kernel reports them

@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ext4_write.support import WRITE_VARIANTS, check, images, kernel_tree
+from ext4_write.support import INLINE_VARIANTS, WRITE_VARIANTS, check, images, kernel_tree
 from volfs.backend import Backend, Ino, OpenFlags, RenameFlags, SetAttr
 from volfs.backends.directory import DirectoryBackend
 from volfs.backends.ext4 import Ext4Backend
@@ -155,10 +155,31 @@ def _setup(b: Backend) -> None:
         assert _apply(b, ("mkdir", parent, name.encode())) == "ok"
 
 
+# Inline data: small writes near the start of files, so files stay inline, grow into system.data and
+# convert; the 205-byte name does not fit an inline directory of a 256-byte inode and converts it.
+inline_data_s = st.one_of(st.binary(max_size=140), st.sampled_from([b"z" * 61, b"w" * 900]))
+inline_op_s = st.one_of(
+    op_s,
+    st.tuples(st.just("write"), dir_s, name_s, st.integers(0, 130), inline_data_s),
+    st.tuples(st.just("truncate"), dir_s, name_s, st.integers(0, 1000)),
+)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(op_s, min_size=10, max_size=40), variant=st.sampled_from(sorted(WRITE_VARIANTS)))
 def test_ext4_matches_directory_backend(ops: list[tuple[object, ...]], variant: str,
                                         make_image: Callable[..., Path], tmp_path_factory: object) -> None:
+    _differential(ops, variant, make_image)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(inline_op_s, min_size=10, max_size=40), variant=st.sampled_from(sorted(INLINE_VARIANTS)))
+def test_inline_data_matches_directory_backend(ops: list[tuple[object, ...]], variant: str,
+                                               make_image: Callable[..., Path]) -> None:
+    _differential(ops, variant, make_image)
+
+
+def _differential(ops: list[tuple[object, ...]], variant: str, make_image: Callable[..., Path]) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -227,7 +227,7 @@ def test_unlinked_open_file_lives_until_release(make_image: Callable[..., Path],
 
 
 @pytest.mark.parametrize(("opts", "fstype", "feature"), [
-    (("-O", "inline_data"), "ext4", "inline_data"),
+    (("-O", "encrypt"), "ext4", "encrypt"),
     ((), "ext3", "extent"),
     (("-O", "bigalloc", "-C", "16384"), "ext4", "bigalloc"),
 ])

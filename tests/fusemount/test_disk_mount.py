@@ -119,3 +119,51 @@ def test_disk_volume_tools_then_kernel_agrees(home: Path, mounter: Mounter, tmp_
 def sh(*cmd: str, cwd: Path | None = None) -> None:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
+
+
+def test_inline_data_volume_tools_then_kernel_agrees(home: Path, mounter: Mounter, tmp_path: Path,
+                                                     kernel_view: Path) -> None:  # fmt: skip
+    """An inline_data image (mkfs.ext4 -O inline_data): small files and directories stay in their
+    inodes, grow out of them and shrink, all through real tools on the mount; then e2fsck and the
+    kernel agree."""
+    need_tool("git")
+    vol = Volume.create("inl", home=home, kind="disk", size_mib=64)
+    subprocess.run([need_tool("mkfs.ext4"), "-q", "-F", "-O", "inline_data", str(vol.disk_path)], check=True,
+                   capture_output=True)  # fmt: skip
+    mp = Path(mounter("inl").mountpoint)
+    src = Path(__file__).resolve().parents[2] / "volfs"
+    sh("cp", "-a", str(src), str(mp / "copy"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=main"]
+    (mp / "repo").mkdir()
+    sh(*git, "init", "-q", cwd=mp / "repo")
+    (mp / "repo" / "f.txt").write_text("v1\n")
+    sh(*git, "add", ".", cwd=mp / "repo")
+    sh(*git, "commit", "-qm", "one", cwd=mp / "repo")
+    for i in range(40):  # an inline directory filling up and converting
+        (mp / "many").mkdir(exist_ok=True)
+        (mp / "many" / f"n{i}").write_bytes(b"x" * i)
+    with open(mp / "log", "a") as f:
+        f.write("one\n")
+    for _ in range(30):  # appends across 60 bytes, into system.data, then out of the inode
+        with open(mp / "log", "a") as f:
+            f.write("more text\n")
+    sh("truncate", "-s", "7", str(mp / "many" / "n30"))
+    sh("mv", str(mp / "copy" / "cli"), str(mp / "many" / "cli"))
+    sh("rm", "-rf", str(mp / "copy" / "ext4"))
+    os.setxattr(mp / "many" / "n5", "user.k", b"value")
+    before = tree_facts(mp)
+    assert (mp / "log").read_text() == "one\n" + "more text\n" * 30
+    from volfs.home import resolve_home
+    from volfs.mounts import unmount
+
+    unmount(resolve_home(home), "inl")
+    e2fsck_clean(vol.disk_path)
+    stat_of = {p: subprocess.run([need_tool("debugfs"), "-R", f"stat {p}", str(vol.disk_path)], capture_output=True,
+                                 text=True).stdout for p in ("/many/n5", "/repo", "/log", "/many")}  # fmt: skip
+    assert "Size of inline data: 60" in stat_of["/many/n5"] and "Size of inline data" in stat_of["/repo"]
+    assert "Size of inline data" not in stat_of["/log"] + stat_of["/many"]  # both grew out of the inode
+    subprocess.run(["mount", "-o", "loop,ro", str(vol.disk_path), str(kernel_view)], check=True)
+    after = tree_facts(kernel_view)
+    assert sorted(after) == sorted(before)
+    assert after == before
+    sh("git", "fsck", "--strict", cwd=kernel_view / "repo")

@@ -84,6 +84,7 @@ from volfs.ext4.group import (
     group_has_super,
     parse_group_desc,
 )
+from volfs.ext4.inline import inline_bytes, parse_inline_dir
 from volfs.ext4.inode import (
     EXT4_CASEFOLD_FL,
     EXT4_EA_INODE_FL,
@@ -686,12 +687,7 @@ class Filesystem:
                         "without the key")
 
     def _inline_data(self, rec: Inode) -> bytes:
-        value = b""
-        for e in parse_ibody(rec.ibody_xattr_area, ino=rec.ino):
-            if e.name_index == 7 and e.name == b"data":
-                value = e.value or b""
-                break
-        return rec.i_block + value
+        return inline_bytes(rec)
 
     def _read_data(self, rec: Inode, offset: int, size: int) -> bytes:
         end = min(offset + size, rec.size)
@@ -800,19 +796,9 @@ class Filesystem:
                                csum_seed=self._inode_seed(rec), block_size=sb.block_size, salvage=self.salvage)
 
     def _inline_entries(self, rec: Inode) -> list[DirEntry]:
-        sb = self.sb
-        parent = int.from_bytes(rec.i_block[:4], "little")
-        out = [DirEntry(b".", rec.ino, 2, 0, 1), DirEntry(b"..", InodeNo(parent), 2, 1, 4)]
-        def parse(data: bytes, base: int, start: int) -> list[DirEntry]:
-            return parse_dir_block(data, ino=rec.ino, block=None, base=base, start=start,
-                                   has_filetype=sb.has_incompat(INCOMPAT_FILETYPE), inodes_count=sb.inodes_count,
-                                   csum_seed=None, block_size=sb.block_size, tail=False)
-
-        out += parse(rec.i_block, 0, 4)
-        value = self._inline_data(rec)[60:]
-        if value:
-            out += parse(value, 60, 0)
-        return out
+        value = inline_bytes(rec)[60:]
+        return parse_inline_dir(rec, value, inodes_count=self.sb.inodes_count,
+                                has_filetype=self.sb.has_incompat(INCOMPAT_FILETYPE))
 
     def readdir(self, ino: InodeNo | int, offset: int = 0) -> Iterator[DirEntry]:
         """Entries of directory ``ino`` from position ``offset`` (0: the start), "." and ".." included.

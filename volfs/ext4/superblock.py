@@ -112,7 +112,8 @@ EXT4_ERROR_FS: Final = 0x2
 # What the write side implements (see write_blockers).  needs_recovery is
 # allowed: the journal is replayed onto the disk before the first write.
 WRITABLE_COMPAT: Final = 0x4 | 0x8 | 0x10 | 0x20 | 0x1000  # has_journal ext_attr resize_inode dir_index orphan_file
-WRITABLE_INCOMPAT: Final = 0x2 | 0x4 | 0x40 | 0x80 | 0x200 | 0x2000  # filetype recover extent 64bit flex_bg csum_seed
+# filetype recover extent 64bit flex_bg csum_seed inline_data
+WRITABLE_INCOMPAT: Final = 0x2 | 0x4 | 0x40 | 0x80 | 0x200 | 0x2000 | 0x8000
 # sparse_super large_file huge_file uninit_bg dir_nlink extra_isize metadata_csum (and orphan_present:
 # pending orphan-file entries are processed on a writable open)
 WRITABLE_RO_COMPAT: Final = 0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x400 | 0x10000  # ... orphan_present

@@ -40,6 +40,12 @@ directory on an image without dir_index is still turned linear (index flag
 cleared, index blocks rewritten as empty leaves, which e2fsck accepts).
 Removing an entry from an htree leaf keeps the index (as the kernel does).
 
+*Inline data.*  Inodes with ``EXT4_INLINE_DATA_FL`` (files and directories
+kept in ``i_block`` and the in-inode ``system.data`` xattr) take an early
+branch into inline_write.py in write_data, truncate and the directory entry
+primitives; it converts them to extents (files) or a one-block directory
+when they outgrow the inode, after which the code below takes over.
+
 *Orphans.*  An inode whose last link goes while a handle holds it (a pin)
 is recorded in the orphan file when the image has one (orphan.py), else on
 the ``s_last_orphan`` chain (``i_dtime`` links, as the kernel does), so a crash before its release is recovered by the next writer,
@@ -93,6 +99,7 @@ from volfs.ext4.extents import (
     tree_nodes_needed,
 )
 from volfs.ext4.dirhash import HASH_TEA, dirhash
+from volfs.ext4 import inline_write
 from volfs.ext4.htree_write import (
     NODE_COUNT_OFFSET,
     ROOT_COUNT_OFFSET,
@@ -353,9 +360,9 @@ class Writer:
         fs.forget_inode(ino)
 
     def _writable_inode(self, rec: Inode) -> None:
-        if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL | EXT4_INLINE_DATA_FL):
+        if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL):
             raise error(errno.EROFS, f"inode {rec.ino} uses a feature the write side does not change "
-                        "(encrypted, verity, casefolded or inline data)")
+                        "(encrypted, verity or casefolded)")
 
     def _new_inode(self, parent: int, mode: int, uid: int, gid: int, now: int) -> tuple[InodeNo, InodeEditor]:
         fs = self.fs
@@ -455,6 +462,11 @@ class Writer:
             now = _now_ns()
             if n == 0:
                 return 0
+            if rec.flags & EXT4_INLINE_DATA_FL or inline_write.may_inline(self, rec, offset + n):
+                if inline_write.write(self, rec, offset, data, now):
+                    return n
+                rec = fs.inode(ino)
+                ed = InodeEditor(rec.raw)
             bs = fs.sb.block_size
             end = offset + n
             first, last = offset // bs, (end - 1) // bs
@@ -525,6 +537,10 @@ class Writer:
                 raise error(errno.EINVAL, "negative size")
             if (size + bs - 1) // bs > _MAX_FILE_BLOCKS:
                 raise error(errno.EFBIG, "size beyond the largest ext4 file")
+            if rec.flags & EXT4_INLINE_DATA_FL:
+                if inline_write.truncate(self, rec, size, _now_ns()):
+                    return
+                rec = fs.inode(ino)
             ed = InodeEditor(rec.raw)
             self._truncate_blocks(rec, ed, size)
             ed.set_size(size)
@@ -534,7 +550,7 @@ class Writer:
 
     def _truncate_blocks(self, rec: Inode, ed: InodeEditor, size: int) -> None:
         bs = self.fs.sb.block_size
-        if size >= rec.size:
+        if size >= rec.size or rec.flags & EXT4_INLINE_DATA_FL:  # inline: no blocks to free
             return
         keep = (size + bs - 1) // bs
         extents, nodes = self._extents(rec)
@@ -554,7 +570,8 @@ class Writer:
     def _free_all(self, rec: Inode) -> None:
         """Free an inode with no links left: its blocks, its xattr block, the inode itself."""
         ed = InodeEditor(rec.raw)
-        if rec.is_reg or rec.is_dir or (rec.is_symlink and rec.flags & EXT4_EXTENTS_FL):
+        if (rec.is_reg or rec.is_dir or (rec.is_symlink and rec.flags & EXT4_EXTENTS_FL)) \
+                and not rec.flags & EXT4_INLINE_DATA_FL:  # inline inodes have no blocks
             extents, nodes = self._extents(rec)
             for e in extents:
                 self.alloc.free_blocks(e.physical, e.length)
@@ -841,6 +858,8 @@ class Writer:
 
     def _find(self, rec: Inode, name: bytes) -> tuple[int, int, int, int] | None:
         """(logical block, offset in block, inode, file type) of ``name``."""
+        if rec.flags & EXT4_INLINE_DATA_FL:  # (region, offset in region, ...): inline_write.py
+            return inline_write.find(self, rec, name)
         st = self._dirs.get(rec.ino)
         if st is not None:
             return st.names.get(name)
@@ -870,6 +889,10 @@ class Writer:
     def _add_entry(self, dir_ino: int, name: bytes, ino: int, ft: int) -> None:
         fs = self.fs
         rec = self._dir_rec(dir_ino)
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            if inline_write.add_entry(self, rec, name, ino, ft):
+                return
+            rec = fs.inode(dir_ino)  # now a one-block directory
         if rec.flags & EXT4_INDEX_FL and self._indexable(rec) and dir_ino not in self._dirs:
             self._dx_add_entry(rec, name, ino, ft)
             return
@@ -1053,6 +1076,8 @@ class Writer:
         """Remove ``name``; its (inode, file type)."""
         fs = self.fs
         rec = self._dir_rec(dir_ino)
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            return inline_write.remove_entry(self, rec, name)
         hit = self._find_existing(rec, name)
         rec = fs.inode(dir_ino)
         lb, pos, ino, ft = hit
@@ -1071,6 +1096,9 @@ class Writer:
     def _retarget_entry(self, dir_ino: int, name: bytes, ino: int, ft: int) -> None:
         fs = self.fs
         rec = self._dir_rec(dir_ino)
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            inline_write.retarget_entry(self, rec, name, ino, ft)
+            return
         hit = self._find_existing(rec, name)
         rec = fs.inode(dir_ino)
         lb, pos, _old, _ft = hit
@@ -1084,6 +1112,9 @@ class Writer:
 
     def _set_dotdot(self, dir_ino: int, parent: int) -> None:
         rec = self.fs.inode(dir_ino)
+        if rec.flags & EXT4_INLINE_DATA_FL:
+            inline_write.set_dotdot(self, rec, parent)
+            return
         indexed = bool(rec.flags & EXT4_INDEX_FL)
         if indexed and not self._indexable(rec):
             self._unindex(rec)
@@ -1177,13 +1208,14 @@ class Writer:
             self._check_link_max(prec)
             now = _now_ns()
             ino, ed = self._new_inode(parent, stat.S_IFDIR | (mode & 0o7777), uid, gid, now)
-            bs = fs.sb.block_size
-            (pb, _), = self.alloc.alloc_blocks(self._goal(ino, [], 0), 1)
-            seed = self._iseed(ino, ed.get("i_generation"))
-            self.txn.put(pb, first_dir_block(ino, parent, bs, seed, fs.sb.metadata_csum))
             ed.set("i_links_count", 2)
-            self._set_extents(ino, ed, [Extent(0, 1, pb)], [])
-            ed.set_size(bs)
+            if not inline_write.init_dir(self, ino, ed, parent):  # inline when it can be, as the kernel
+                bs = fs.sb.block_size
+                (pb, _), = self.alloc.alloc_blocks(self._goal(ino, [], 0), 1)
+                seed = self._iseed(ino, ed.get("i_generation"))
+                self.txn.put(pb, first_dir_block(ino, parent, bs, seed, fs.sb.metadata_csum))
+                self._set_extents(ino, ed, [Extent(0, 1, pb)], [])
+                ed.set_size(bs)
             self.store(ino, ed)
             self._inherit_acl(parent, ino)
             self._add_entry(parent, name, ino, 2)
