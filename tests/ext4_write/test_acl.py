@@ -159,10 +159,11 @@ def _acl_view(mnt: Path) -> dict[str, tuple[int, bytes | None, bytes | None]]:
     return out
 
 
-def test_chmod_and_default_acl_inheritance_as_the_kernel(make_image: Callable[..., Path]) -> None:
+@pytest.mark.parametrize("variant", ["default", "inline", "i128"])
+def test_chmod_and_default_acl_inheritance_as_the_kernel(make_image: Callable[..., Path], variant: str) -> None:
     """posix_acl_chmod and posix_acl_create: the kernel's ext4 on a loop mount is the reference."""
     need_root("loop mounts")
-    ref, ours = make_image("default"), make_image("default")
+    ref, ours = make_image(variant), make_image(variant)
     with images.loop_mount(ref, "rw") as mnt:
         _acl_story_kernel(mnt)
     b = Ext4Backend(ours, readonly=False)
