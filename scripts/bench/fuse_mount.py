@@ -14,6 +14,9 @@ ext4 write side is not done yet) is reported as n/a, never guessed.
 
 Prints seconds per workload and the ratio to fuse2fs (volfs / fuse2fs: lower
 is better; the issue's target is at most 1.0) and to the kernel (the limit).
+``--repeat N`` runs the three side by side N times (fresh image copies each
+time) and ends with the min / median / max of each volfs/fuse2fs ratio, since
+one run on a shared machine is one noisy sample.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -161,39 +165,64 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path) -> dict[str, 
     return out
 
 
+def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int) -> dict[str, dict[str, float | None]]:
+    """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``."""
+    results: dict[str, dict[str, float | None]] = {}
+    for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
+        image = work / f"{label}.img"
+        sh("cp", "--sparse=always", str(base), str(image))
+        mnt = work / f"mnt-{label}"
+        mnt.mkdir(exist_ok=True)
+        print(f"{label}...", file=sys.stderr)
+        with mounter(image, mnt) as m:
+            results[label] = workloads(m, size_mib, files, tarball)
+        image.unlink()
+    return results
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def print_run(results: dict[str, dict[str, float | None]]) -> None:
+    def fmt(x: float | None, digits: int = 3) -> str:
+        return f"{x:.{digits}f}" if x is not None else "n/a"
+
+    print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}")
+    for n in results["kernel"]:
+        k, f, v = results["kernel"][n], results["fuse2fs"][n], results["volfs"][n]
+        print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{fmt(ratio(v, f), 2):>15}{fmt(ratio(v, k), 2):>14}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="side-by-side runs; with more than one, the range of each ratio is printed too")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("fuse2fs") is None:
         print("needs root and fuse2fs (apt-get install fuse2fs)", file=sys.stderr)
         return 2
-    results: dict[str, dict[str, float | None]] = {}
+    runs: list[dict[str, dict[str, float | None]]] = []
     with tempfile.TemporaryDirectory(prefix="volfs-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         print(f"building a {args.size_mib} MiB file and {args.files} small files...", file=sys.stderr)
         base = build_image(work, args.size_mib, args.files)
         tarball = source_tarball(work)
-        for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
-            image = work / f"{label}.img"
-            sh("cp", "--sparse=always", str(base), str(image))
-            mnt = work / f"mnt-{label}"
-            mnt.mkdir()
-            print(f"{label}...", file=sys.stderr)
-            with mounter(image, mnt) as m:
-                results[label] = workloads(m, args.size_mib, args.files, tarball)
-    names = list(results["kernel"])
-    print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}")
-    for n in names:
-        k, f, v = results["kernel"][n], results["fuse2fs"][n], results["volfs"][n]
-
-        def fmt(x: float | None) -> str:
-            return f"{x:.3f}" if x is not None else "n/a"
-
-        r1 = f"{v / f:.2f}" if v is not None and f else "n/a"
-        r2 = f"{v / k:.2f}" if v is not None and k else "n/a"
-        print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{r1:>15}{r2:>14}")
+        for i in range(args.repeat):
+            print(f"run {i + 1} of {args.repeat}", file=sys.stderr)
+            runs.append(one_run(work, base, tarball, args.size_mib, args.files))
+            print(f"run {i + 1}:")
+            print_run(runs[-1])
+            sys.stdout.flush()
+    if len(runs) > 1:
+        # The machine may be shared: one side-by-side run is one sample; report the spread.
+        print(f"volfs/fuse2fs over {len(runs)} runs (min / median / max):")
+        for n in runs[0]["kernel"]:
+            rs = sorted(r for r in (ratio(run["volfs"][n], run["fuse2fs"][n]) for run in runs) if r is not None)
+            spread = f"{rs[0]:.2f} / {statistics.median(rs):.2f} / {rs[-1]:.2f}" if rs else "n/a"
+            print(f"  {n:<20}{spread}")
     return 0
 
 
