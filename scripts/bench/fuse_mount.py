@@ -16,7 +16,10 @@ Prints seconds per workload and the ratio to fuse2fs (volfs / fuse2fs: lower
 is better; the issue's target is at most 1.0) and to the kernel (the limit).
 ``--repeat N`` runs the three side by side N times (fresh image copies each
 time) and ends with the min / median / max of each volfs/fuse2fs ratio, since
-one run on a shared machine is one noisy sample.
+one run on a shared machine is one noisy sample. The daemons' CPU seconds per
+workload (fuse2fs's and volfs's, from /proc) are printed too: under load,
+wall time punishes whichever side needs more CPU, and the CPU ratio shows how
+far each side is from the other with less noise.
 """
 
 from __future__ import annotations
@@ -116,8 +119,35 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def workloads(mnt: Path, size_mib: int, files: int, tarball: Path) -> dict[str, float | None]:
+def daemon_pid(mnt: Path) -> int | None:
+    """The process serving ``mnt`` (its command line names the mount point), None for the kernel."""
+    needle = os.fsencode(str(mnt))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "cmdline").read_bytes() and b"mount" not in (entry / "comm").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of ``pid`` so far (from /proc/PID/stat)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workloads(mnt: Path, size_mib: int, files: int, tarball: Path,
+              cpu: dict[str, float | None]) -> dict[str, float | None]:
+    """Seconds per workload; ``cpu`` receives the serving daemon's CPU seconds per workload."""
     out: dict[str, float | None] = {}
+    pid = daemon_pid(mnt)
 
     def seq_read() -> None:
         with open(mnt / "big.bin", "rb", buffering=0) as f:
@@ -157,41 +187,57 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path) -> dict[str, 
                            ("small-file create", small_create, False), ("tar extract", tar_extract, False)):  # fmt: skip
         if drop:
             drop_caches()
+        before = cpu_seconds(pid)
         try:
             out[name] = timed(fn)
         except OSError as exc:
             out[name] = None
             print(f"  {name}: n/a ({exc.strerror})", file=sys.stderr)
+        after = cpu_seconds(pid)
+        cpu[name] = after - before if after is not None and before is not None else None
     return out
 
 
-def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int) -> dict[str, dict[str, float | None]]:
-    """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``."""
+Run = tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]
+
+
+def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int) -> Run:
+    """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``.
+
+    Returns (seconds, daemon CPU seconds), each by mount label and workload.
+    """
     results: dict[str, dict[str, float | None]] = {}
+    cpu: dict[str, dict[str, float | None]] = {}
     for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
         image = work / f"{label}.img"
         sh("cp", "--sparse=always", str(base), str(image))
         mnt = work / f"mnt-{label}"
         mnt.mkdir(exist_ok=True)
         print(f"{label}...", file=sys.stderr)
+        cpu[label] = {}
         with mounter(image, mnt) as m:
-            results[label] = workloads(m, size_mib, files, tarball)
+            results[label] = workloads(m, size_mib, files, tarball, cpu[label])
         image.unlink()
-    return results
+    return results, cpu
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def print_run(results: dict[str, dict[str, float | None]]) -> None:
+def print_run(run: Run) -> None:
+    results, cpu = run
+
     def fmt(x: float | None, digits: int = 3) -> str:
         return f"{x:.{digits}f}" if x is not None else "n/a"
 
-    print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}")
+    print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}"
+          f"{'fuse2fs cpu':>13}{'volfs cpu':>11}{'cpu ratio':>11}")
     for n in results["kernel"]:
         k, f, v = results["kernel"][n], results["fuse2fs"][n], results["volfs"][n]
-        print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{fmt(ratio(v, f), 2):>15}{fmt(ratio(v, k), 2):>14}")
+        fc, vc = cpu["fuse2fs"].get(n), cpu["volfs"].get(n)
+        print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{fmt(ratio(v, f), 2):>15}{fmt(ratio(v, k), 2):>14}"
+              f"{fmt(fc, 2):>13}{fmt(vc, 2):>11}{fmt(ratio(vc, fc), 2):>11}")
 
 
 def main() -> int:
@@ -204,7 +250,7 @@ def main() -> int:
     if os.geteuid() != 0 or shutil.which("fuse2fs") is None:
         print("needs root and fuse2fs (apt-get install fuse2fs)", file=sys.stderr)
         return 2
-    runs: list[dict[str, dict[str, float | None]]] = []
+    runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="volfs-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         print(f"building a {args.size_mib} MiB file and {args.files} small files...", file=sys.stderr)
@@ -218,11 +264,14 @@ def main() -> int:
             sys.stdout.flush()
     if len(runs) > 1:
         # The machine may be shared: one side-by-side run is one sample; report the spread.
-        print(f"volfs/fuse2fs over {len(runs)} runs (min / median / max):")
-        for n in runs[0]["kernel"]:
-            rs = sorted(r for r in (ratio(run["volfs"][n], run["fuse2fs"][n]) for run in runs) if r is not None)
-            spread = f"{rs[0]:.2f} / {statistics.median(rs):.2f} / {rs[-1]:.2f}" if rs else "n/a"
-            print(f"  {n:<20}{spread}")
+        print(f"volfs/fuse2fs over {len(runs)} runs, min / median / max (time, then daemon CPU):")
+        for n in runs[0][0]["kernel"]:
+            line = f"  {n:<20}"
+            for part in (0, 1):
+                rs = sorted(r for r in (ratio(run[part]["volfs"].get(n), run[part]["fuse2fs"].get(n)) for run in runs)
+                            if r is not None)
+                line += f"{rs[0]:.2f} / {statistics.median(rs):.2f} / {rs[-1]:.2f}    " if rs else "n/a    "
+            print(line)
     return 0
 
 
