@@ -14,6 +14,12 @@ ext4 write side is not done yet) is reported as n/a, never guessed.
 
 Prints seconds per workload and the ratio to fuse2fs (volfs / fuse2fs: lower
 is better; the issue's target is at most 1.0) and to the kernel (the limit).
+``--repeat N`` runs the three side by side N times (fresh image copies each
+time) and ends with the min / median / max of each volfs/fuse2fs ratio, since
+one run on a shared machine is one noisy sample. The daemons' CPU seconds per
+workload (fuse2fs's and volfs's, from /proc) are printed too: under load,
+wall time punishes whichever side needs more CPU, and the CPU ratio shows how
+far each side is from the other with less noise.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -112,8 +119,35 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def workloads(mnt: Path, size_mib: int, files: int, tarball: Path) -> dict[str, float | None]:
+def daemon_pid(mnt: Path) -> int | None:
+    """The process serving ``mnt`` (its command line names the mount point), None for the kernel."""
+    needle = os.fsencode(str(mnt))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "cmdline").read_bytes() and b"mount" not in (entry / "comm").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of ``pid`` so far (from /proc/PID/stat)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workloads(mnt: Path, size_mib: int, files: int, tarball: Path,
+              cpu: dict[str, float | None]) -> dict[str, float | None]:
+    """Seconds per workload; ``cpu`` receives the serving daemon's CPU seconds per workload."""
     out: dict[str, float | None] = {}
+    pid = daemon_pid(mnt)
 
     def seq_read() -> None:
         with open(mnt / "big.bin", "rb", buffering=0) as f:
@@ -153,47 +187,91 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path) -> dict[str, 
                            ("small-file create", small_create, False), ("tar extract", tar_extract, False)):  # fmt: skip
         if drop:
             drop_caches()
+        before = cpu_seconds(pid)
         try:
             out[name] = timed(fn)
         except OSError as exc:
             out[name] = None
             print(f"  {name}: n/a ({exc.strerror})", file=sys.stderr)
+        after = cpu_seconds(pid)
+        cpu[name] = after - before if after is not None and before is not None else None
     return out
+
+
+Run = tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]
+
+
+def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int) -> Run:
+    """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``.
+
+    Returns (seconds, daemon CPU seconds), each by mount label and workload.
+    """
+    results: dict[str, dict[str, float | None]] = {}
+    cpu: dict[str, dict[str, float | None]] = {}
+    for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
+        image = work / f"{label}.img"
+        sh("cp", "--sparse=always", str(base), str(image))
+        mnt = work / f"mnt-{label}"
+        mnt.mkdir(exist_ok=True)
+        print(f"{label}...", file=sys.stderr)
+        cpu[label] = {}
+        with mounter(image, mnt) as m:
+            results[label] = workloads(m, size_mib, files, tarball, cpu[label])
+        image.unlink()
+    return results, cpu
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def print_run(run: Run) -> None:
+    results, cpu = run
+
+    def fmt(x: float | None, digits: int = 3) -> str:
+        return f"{x:.{digits}f}" if x is not None else "n/a"
+
+    print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}"
+          f"{'fuse2fs cpu':>13}{'volfs cpu':>11}{'cpu ratio':>11}")
+    for n in results["kernel"]:
+        k, f, v = results["kernel"][n], results["fuse2fs"][n], results["volfs"][n]
+        fc, vc = cpu["fuse2fs"].get(n), cpu["volfs"].get(n)
+        print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{fmt(ratio(v, f), 2):>15}{fmt(ratio(v, k), 2):>14}"
+              f"{fmt(fc, 2):>13}{fmt(vc, 2):>11}{fmt(ratio(vc, fc), 2):>11}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="side-by-side runs; with more than one, the range of each ratio is printed too")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("fuse2fs") is None:
         print("needs root and fuse2fs (apt-get install fuse2fs)", file=sys.stderr)
         return 2
-    results: dict[str, dict[str, float | None]] = {}
+    runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="volfs-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         print(f"building a {args.size_mib} MiB file and {args.files} small files...", file=sys.stderr)
         base = build_image(work, args.size_mib, args.files)
         tarball = source_tarball(work)
-        for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
-            image = work / f"{label}.img"
-            sh("cp", "--sparse=always", str(base), str(image))
-            mnt = work / f"mnt-{label}"
-            mnt.mkdir()
-            print(f"{label}...", file=sys.stderr)
-            with mounter(image, mnt) as m:
-                results[label] = workloads(m, args.size_mib, args.files, tarball)
-    names = list(results["kernel"])
-    print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}")
-    for n in names:
-        k, f, v = results["kernel"][n], results["fuse2fs"][n], results["volfs"][n]
-
-        def fmt(x: float | None) -> str:
-            return f"{x:.3f}" if x is not None else "n/a"
-
-        r1 = f"{v / f:.2f}" if v is not None and f else "n/a"
-        r2 = f"{v / k:.2f}" if v is not None and k else "n/a"
-        print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{r1:>15}{r2:>14}")
+        for i in range(args.repeat):
+            print(f"run {i + 1} of {args.repeat}", file=sys.stderr)
+            runs.append(one_run(work, base, tarball, args.size_mib, args.files))
+            print(f"run {i + 1}:")
+            print_run(runs[-1])
+            sys.stdout.flush()
+    if len(runs) > 1:
+        # The machine may be shared: one side-by-side run is one sample; report the spread.
+        print(f"volfs/fuse2fs over {len(runs)} runs, min / median / max (time, then daemon CPU):")
+        for n in runs[0][0]["kernel"]:
+            line = f"  {n:<20}"
+            for part in (0, 1):
+                rs = sorted(r for r in (ratio(run[part]["volfs"].get(n), run[part]["fuse2fs"].get(n)) for run in runs)
+                            if r is not None)
+                line += f"{rs[0]:.2f} / {statistics.median(rs):.2f} / {rs[-1]:.2f}    " if rs else "n/a    "
+            print(line)
     return 0
 
 

@@ -280,13 +280,17 @@ class Ext4Backend:
         with self._lock:
             w = self._parent(parent, name)
             fs = self._fs
+            # The engine's create checks for the name itself (EEXIST); asking first would look
+            # the name up twice on the common path (FUSE sends CREATE only after a failed LOOKUP).
             try:
-                existing = fs.lookup_ino(parent, name)
-            except VolfsError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
                 ino = self._retry(lambda: w.create(parent, name, stat.S_IFREG | (mode & 0o7777), uid, gid))
-            else:
+                exists = False
+            except VolfsError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+                exists = True
+            if exists:
+                existing = fs.lookup_ino(parent, name)
                 if flags & OpenFlags.EXCL:
                     raise error(errno.EEXIST, f"{name!r} exists")
                 attr = self._getattr(existing)
