@@ -80,12 +80,7 @@ def test_disk_volume_tools_then_kernel_agrees(home: Path, mounter: Mounter, tmp_
     sh("tar", "-C", str(src.parent), "-cf", str(tmp_path / "t.tar"), "fuse")
     (mp / "untar").mkdir()
     sh("tar", "-C", str(mp / "untar"), "-xf", str(tmp_path / "t.tar"))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=main"]
-    (mp / "repo").mkdir()
-    sh(*git, "init", "-q", cwd=mp / "repo")
-    (mp / "repo" / "f.txt").write_text("v1\n")
-    sh(*git, "add", ".", cwd=mp / "repo")
-    sh(*git, "commit", "-qm", "one", cwd=mp / "repo")
+    git_commit(mp / "repo")
     sh("python3", "-m", "compileall", "-q", str(mp / "copy"))
     sh("truncate", "-s", "50M", str(mp / "sparse"))
     sh("dd", "if=/dev/urandom", f"of={mp / 'dd'}", "bs=64k", "count=40", "seek=7", "status=none")
@@ -116,6 +111,18 @@ def test_disk_volume_tools_then_kernel_agrees(home: Path, mounter: Mounter, tmp_
     sh("git", "fsck", "--strict", cwd=kernel_view / "repo")
 
 
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=main"]
+
+
+def git_commit(repo: Path) -> None:
+    """A new repository at ``repo`` with one commit of one file."""
+    repo.mkdir()
+    sh(*GIT, "init", "-q", cwd=repo)
+    (repo / "f.txt").write_text("v1\n")
+    sh(*GIT, "add", ".", cwd=repo)
+    sh(*GIT, "commit", "-qm", "one", cwd=repo)
+
+
 def sh(*cmd: str, cwd: Path | None = None) -> None:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
@@ -133,12 +140,7 @@ def test_inline_data_volume_tools_then_kernel_agrees(home: Path, mounter: Mounte
     mp = Path(mounter("inl").mountpoint)
     src = Path(__file__).resolve().parents[2] / "volfs"
     sh("cp", "-a", str(src), str(mp / "copy"))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=main"]
-    (mp / "repo").mkdir()
-    sh(*git, "init", "-q", cwd=mp / "repo")
-    (mp / "repo" / "f.txt").write_text("v1\n")
-    sh(*git, "add", ".", cwd=mp / "repo")
-    sh(*git, "commit", "-qm", "one", cwd=mp / "repo")
+    git_commit(mp / "repo")
     for i in range(40):  # an inline directory filling up and converting
         (mp / "many").mkdir(exist_ok=True)
         (mp / "many" / f"n{i}").write_bytes(b"x" * i)
