@@ -20,14 +20,16 @@ with VALID set, s_wtime and s_kbytes_written.  The error fields of the
 superblock are never touched (old microsandbox images keep a stray value at
 the s_error_count offset).
 
-*File mapping.*  A file's extent tree is read into a flat list of
-:class:`~volfs.ext4.extents.Extent`; a write or truncate edits the list
-(holes in the written range are allocated first, near the previous extent,
-so ENOSPC strikes before any byte moves; unwritten extents in the range
-become written; partial edge blocks are filled from the old data or
-zeros) and the tree is rebuilt (extents.py).  Data moves in one
-``pwrite`` per contiguous run.  ``i_blocks`` is recomputed from the list
-(data, tree blocks, xattr block).
+*File mapping.*  A write or truncate edits the file's extent tree in place
+through :class:`~volfs.ext4.extent_tree.ExtentTree` (the touched leaf and
+its path; extent_tree.py has the theory of operation): the mapped parts of
+the written range are looked up, holes are allocated first, near the
+previous extent, so ENOSPC strikes before any byte moves; unwritten extents
+in the range become written; partial edge blocks are filled from the old
+data or zeros.  Data moves in one ``pwrite`` per contiguous run.
+``i_blocks`` changes by the data and tree blocks allocated or freed.  Trees
+an edit may have left looser than e2fsck likes are compacted before the
+next commit.  New inodes get their whole (small) mapping built at once.
 
 *Directories.*  New entries go into linear blocks: the first block with
 room (gaps included), else a new block at the end.  A per-directory name
