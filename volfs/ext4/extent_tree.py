@@ -45,8 +45,9 @@ Appends keep that for free: a node on the rightmost path splits with its
 left part full and the overflow in a new rightmost node (kernel trees split
 in the middle, and get the message).  Truncation only shortens the rightmost
 path; a root left with one child that fits in ``i_block`` pulls it up.  Any
-other change (a split or a shrink away from the rightmost path) marks the
-tree *suspect*.  Checking a suspect tree means reading all of it, so it is
+other change (a split or a shrink away from the rightmost path), and any
+edit of a non-full leaf away from it (a tree that was loose already, as the
+kernel leaves them), marks the tree *suspect*.  Checking a suspect tree means reading all of it, so it is
 not done per edit: the writer remembers suspect inodes and, before each
 commit, calls :meth:`ExtentTree.compact`, which checks e2fsck's two rules
 over all nodes and, when one fails, repacks the whole tree into the blocks
@@ -406,7 +407,9 @@ class ExtentTree:
         if len(leaf.extents) == old_count and leaf.extents == ext:
             return
         self._touch(leaf)
-        if len(leaf.extents) < old_count:
+        if len(leaf.extents) < old_count or (leaf.count < leaf.emax and not self._rightmost(path, len(path) - 1)):
+            # Fewer entries, or a non-full leaf away from the right edge (a tree someone else
+            # left loose, the kernel for one): e2fsck may want it packed.
             self._suspect = True
         if not leaf.extents:
             self._delete(path, len(path) - 1)
@@ -476,6 +479,11 @@ class ExtentTree:
         self.io.free(node.block)
         self.nodes_delta -= 1
 
+    @staticmethod
+    def _rightmost(path: list[_Step], level: int) -> bool:
+        """Whether ``path[level]`` is the last node of its level."""
+        return all(s.idx == s.node.count - 1 for s in path[:level])
+
     def _split(self, path: list[_Step], level: int) -> None:
         """``path[level]`` holds more than ``eh_max`` entries: grow the root or split the node."""
         node = path[level].node
@@ -494,7 +502,7 @@ class ExtentTree:
                 return
         parent_step = path[level - 1]
         parent = parent_step.node
-        rightmost = all(s.idx == s.node.count - 1 for s in path[:level])
+        rightmost = self._rightmost(path, level)
         n = node.count
         if rightmost:
             # Appends: the left part stays full, the overflow starts the new rightmost node.
