@@ -379,24 +379,35 @@ def _base(variant: str, tmp: Path) -> Path:
     if variant not in _BASES:
         need_tool("mke2fs")
         image = images.mkfs(tmp / f"base-{variant}.img", None, "32M",
-                            *{"default": ("-b", "4096"), "b1024": ("-b", "1024"),
+                            *{"default": ("-b", "4096"), "b1024": ("-b", "1024"), "unwritten": ("-b", "1024"),
                               "nocsum": ("-b", "4096", "-O", "^metadata_csum,uninit_bg")}[variant])
-        b = Ext4Backend(image, readonly=False)
-        build_fragmented(b, 1200 if variant == "b1024" else 1500)
-        b.close()
+        if variant == "unwritten":
+            # The kernel's unwritten extents (3 blocks every 4), over 1,000 ranges: depth 2.
+            with images.loop_mount(image, "rw") as mnt:
+                fd = os.open(mnt / "frag", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    for i in range(1000):
+                        os.posix_fallocate(fd, 4 * i * 1024, 3 * 1024)
+                finally:
+                    os.close(fd)
+        else:
+            b = Ext4Backend(image, readonly=False)
+            build_fragmented(b, 1200 if variant == "b1024" else 1500)
+            b.close()
         _BASES[variant] = image
     return _BASES[variant]
 
 
 op_s = st.one_of(
-    st.tuples(st.just("write"), st.integers(0, 3200), st.integers(0, 4095), st.integers(1, 3 * 4096),
+    st.tuples(st.just("write"), st.integers(0, 3200), st.integers(0, 4095),
+              st.one_of(st.integers(1, 3 * 4096), st.integers(1, 400 * 1024)),  # large: across leaves
               st.integers(1, 255)),
     st.tuples(st.just("truncate"), st.integers(0, 3300), st.integers(0, 4095)),
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(op_s, min_size=1, max_size=25), variant=st.sampled_from(VARIANTS))
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(op_s, min_size=1, max_size=25), variant=st.sampled_from(VARIANTS + ["unwritten"]))
 def test_random_edits_of_a_deep_tree_match_a_bytes_model(ops: list[tuple[object, ...]], variant: str,
                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     base = _base(variant, tmp_path_factory.getbasetemp())

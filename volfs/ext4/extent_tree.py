@@ -385,6 +385,10 @@ class ExtentTree:
             self._suspect = True
             if keep:
                 self._fix_keys(pb, len(pb) - 1)
+                # Its key now starts at or after ``hi``; if it does not, the next round would find the
+                # same leaf again (a loop), so an index that does not follow its child is corruption.
+                if pb[-2].node.index[pb[-2].idx][0] < hi:
+                    raise self._bad(pb[-2].node.block, f"index key below the first extent of block {leaf_b.block}")
             else:
                 self._delete(pb, len(pb) - 1)
         path = pa
