@@ -9,7 +9,8 @@
 
 Every volfs image is checked with e2fsck -fn afterwards.  Prints seconds and ratios.
 
-Usage: .venv/bin/python scripts/bench/ext4_write.py [--size-mib 512] [--files 10000]
+Usage: .venv/bin/python scripts/bench/ext4_write.py [--size-mib 512] [--files 10000] [--extents 1500,6000]
+       [--only large,small,fragmented]
 """
 
 from __future__ import annotations
@@ -164,15 +165,45 @@ def bench_small(work: Path, files: int) -> None:
         print("  fuse2fs: not installed, skipped")
 
 
+def bench_fragmented(work: Path, counts: list[int]) -> None:
+    print("fragmented file (one extent per written block), 4 KiB blocks:")
+    for n in counts:
+        image = fresh(work, f"frag{n}.img", "1G")
+        block = b"e" * 4096
+
+        def volfs() -> None:
+            b = Ext4Backend(image, readonly=False)
+            fh, _ = b.create(Ino(2), b"frag", 0o644, RW, 0, 0)
+            fh2, _ = b.create(Ino(2), b"filler", 0o644, RW, 0, 0)
+            for i in range(n):
+                b.write(fh, 2 * i * 4096, block)
+                b.write(fh2, i * 4096, block)  # keeps the next extent of "frag" physically apart
+            b.release(fh2)
+            b.fsync(fh)
+            b.release(fh)
+            b.close()
+
+        t = timed(volfs)
+        fsck(image)
+        print(f"  {n:6d} extents  {t:8.3f} s   {t / n * 1e3:7.3f} ms per extent (incl. the filler write)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--extents", default="1500,6000")
+    ap.add_argument("--only", default="large,small,fragmented")
     args = ap.parse_args()
+    only = set(args.only.split(","))
     with tempfile.TemporaryDirectory(prefix="volfs-bench-w-", dir=os.environ.get("BENCH_DIR")) as tmp:
         work = Path(tmp)
-        bench_large(work, args.size_mib)
-        bench_small(work, args.files)
+        if "large" in only:
+            bench_large(work, args.size_mib)
+        if "small" in only:
+            bench_small(work, args.files)
+        if "fragmented" in only:
+            bench_fragmented(work, [int(x) for x in args.extents.split(",")])
 
 
 if __name__ == "__main__":

@@ -8,14 +8,12 @@ inside the parent's key range, and, for non-root nodes under metadata_csum,
 the tail checksum stored right after ``eh_max`` entries.  ``ee_len`` above
 32768 marks an unwritten extent of ``ee_len - 32768`` blocks.
 
-The write side keeps a file's mapping as a flat, sorted list of
-:class:`Extent` and rebuilds the tree from it after each change
-(:func:`build_extent_tree`): leaves are filled completely in logical
-order, index levels are added while the root's 4 slots do not suffice, and
-the tree shrinks back (to the inode itself) when extents go away.  Node
-blocks of the old tree are reused in order, so an append only rewrites the
-last leaf and the index above it; blocks whose bytes did not change are not
-written again.
+For the write side this module keeps the codecs: :class:`Extent`,
+:func:`read_extents` (a whole verified tree, for freeing an inode) and
+:func:`build_extent_tree`, which packs a sorted extent list into a tree
+whose nodes are all full except the last of each level (used for new
+inodes and for repacking a loose tree).  Editing an existing tree in place
+is extent_tree.py's job.
 """
 
 from __future__ import annotations

@@ -20,14 +20,16 @@ with VALID set, s_wtime and s_kbytes_written.  The error fields of the
 superblock are never touched (old microsandbox images keep a stray value at
 the s_error_count offset).
 
-*File mapping.*  A file's extent tree is read into a flat list of
-:class:`~volfs.ext4.extents.Extent`; a write or truncate edits the list
-(holes in the written range are allocated first, near the previous extent,
-so ENOSPC strikes before any byte moves; unwritten extents in the range
-become written; partial edge blocks are filled from the old data or
-zeros) and the tree is rebuilt (extents.py).  Data moves in one
-``pwrite`` per contiguous run.  ``i_blocks`` is recomputed from the list
-(data, tree blocks, xattr block).
+*File mapping.*  A write or truncate edits the file's extent tree in place
+through :class:`~volfs.ext4.extent_tree.ExtentTree` (the touched leaf and
+its path; extent_tree.py has the theory of operation): the mapped parts of
+the written range are looked up, holes are allocated first, near the
+previous extent, so ENOSPC strikes before any byte moves; unwritten extents
+in the range become written; partial edge blocks are filled from the old
+data or zeros.  Data moves in one ``pwrite`` per contiguous run.
+``i_blocks`` changes by the data and tree blocks allocated or freed.  Trees
+an edit may have left looser than e2fsck likes are compacted before the
+next commit.  New inodes get their whole (small) mapping built at once.
 
 *Directories.*  New entries go into linear blocks: the first block with
 room (gaps included), else a new block at the end.  A per-directory name
@@ -66,7 +68,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from volfs.errors import CorruptError, error
+from volfs.errors import CorruptError, VolfsError, error
 from volfs.ext4.alloc import Allocator
 from volfs.ext4.directory import (
     DxLevel,
@@ -100,6 +102,7 @@ from volfs.ext4.extents import (
 )
 from volfs.ext4.dirhash import HASH_TEA, dirhash
 from volfs.ext4 import inline_write
+from volfs.ext4.extent_tree import ExtentTree, Memo
 from volfs.ext4.htree_write import (
     NODE_COUNT_OFFSET,
     ROOT_COUNT_OFFSET,
@@ -188,7 +191,8 @@ class _DirState:
 
 
 class Writer:
-    __slots__ = ("fs", "txn", "alloc", "_dirs", "_leaf_last", "_seeds", "_depth", "_start_written", "_kbytes_base")
+    __slots__ = ("fs", "txn", "alloc", "_dirs", "_leaf_last", "_seeds", "_depth", "_start_written", "_kbytes_base",
+                 "_tree_memo", "_loose")
 
     def __init__(self, fs: Filesystem) -> None:
         from volfs.ext4.device import WritableBlockDevice
@@ -204,6 +208,11 @@ class Writer:
         # still holds exactly those bytes (compared on use), so appends need no walk of the block.
         self._leaf_last: dict[int, tuple[bytes, int]] = {}
         self._seeds: dict[tuple[int, int, int], int] = {}
+        # Decoded extent-tree blocks, valid while the cache serves the very bytes they came from.
+        self._tree_memo: Memo = {}
+        # Inodes (-> i_generation) whose extent trees an edit may have left loose: compacted before
+        # the next commit (extent_tree.py, "Keeping e2fsck quiet").
+        self._loose: dict[int, int] = {}
         self._depth = 0
         self._start_written = 0
         self._kbytes_base = 0
@@ -286,6 +295,7 @@ class Writer:
     def commit(self, clean: bool = False) -> None:
         if self._depth:
             raise RuntimeError("commit inside an operation")
+        self._compact_trees()
         values = self._totals()
         if clean:
             values["s_state"] = self.fs.sb.state | EXT4_VALID_FS
@@ -396,7 +406,11 @@ class Writer:
                             fs.sb.block_size, fs.sb.blocks_count, self._iseed(rec.ino, rec.generation))
 
     def _set_extents(self, ino: int, ed: InodeEditor, extents: list[Extent], nodes: list[int]) -> None:
-        """Rebuild the tree of ``ino`` for ``extents``; reuses, allocates or frees node blocks."""
+        """Build the whole tree of ``ino`` for ``extents``; reuses, allocates or frees node blocks.
+
+        For whole mappings of new inodes (a few extents); changes to existing files go
+        through the incremental editor (:meth:`_tree`).
+        """
         fs = self.fs
         bs = fs.sb.block_size
         flat: list[Extent] = []
@@ -421,6 +435,53 @@ class Writer:
         data_blocks = sum(e.length for e in flat)
         acl = 1 if (ed.get("i_file_acl_lo") or ed.get("l_i_file_acl_high")) else 0
         ed.set_blocks((data_blocks + len(nodes) + acl) * (bs // 512))
+
+    def _tree(self, rec: Inode) -> ExtentTree:
+        """The extent-tree editor of ``rec`` (empty for an inode that never had blocks)."""
+        fs = self.fs
+        i_block = rec.i_block
+        if not rec.flags & EXT4_EXTENTS_FL:
+            if rec.blocks_512 == 0 and rec.size == 0 and not any(rec.i_block):
+                i_block = _empty_extent_root()
+            else:
+                raise error(errno.EROFS, f"inode {rec.ino} is block-mapped (ext2/ext3 style); not written")
+        return ExtentTree(_TreeIO(self, rec.ino), rec.ino, i_block, fs.sb.block_size, fs.sb.blocks_count,
+                          self._iseed(rec.ino, rec.generation), goal=self._goal(rec.ino, [], 0),
+                          memo=self._tree_memo)
+
+    def _compact_trees(self) -> None:
+        """Repack the loose extent trees of this transaction, each as its own operation.
+
+        A tree that cannot be read (corrupt) is left exactly as it is: the rest of the
+        transaction still commits.
+        """
+        loose, self._loose = self._loose, {}
+        for ino, generation in sorted(loose.items()):
+            try:
+                with self.op():
+                    rec = self.fs.inode(ino)
+                    if rec.mode == 0 or rec.generation != generation or not rec.flags & EXT4_EXTENTS_FL:
+                        continue
+                    tree = self._tree(rec)
+                    tree.compact()
+                    ed = InodeEditor(rec.raw)
+                    self._store_tree(ed, tree, rec.blocks_512, 0)
+                    if ed.buf != rec.raw:
+                        self.store(ino, ed)
+            except VolfsError:
+                continue
+
+    def _store_tree(self, ed: InodeEditor, tree: ExtentTree, blocks_512: int, data_delta: int) -> None:
+        """Put ``tree``'s changes into the transaction and ``ed``: i_block, the extents flag, i_blocks.
+
+        ``blocks_512`` is i_blocks before the change and ``data_delta`` the data blocks allocated
+        (positive) or freed (negative); tree blocks are counted by the editor.
+        """
+        if tree.suspect:
+            self._loose[tree.ino] = ed.get("i_generation")
+        ed.set("i_flags", ed.get("i_flags") | EXT4_EXTENTS_FL)
+        ed.set_i_block(tree.finish())
+        ed.set_blocks(blocks_512 + (data_delta + tree.nodes_delta) * (self.fs.sb.block_size // 512))
 
     def _goal(self, ino: int, extents: list[Extent], lblock: int) -> int:
         prev = None
@@ -472,21 +533,14 @@ class Writer:
             first, last = offset // bs, (end - 1) // bs
             if last > _MAX_FILE_BLOCKS - 1:
                 raise error(errno.EFBIG, "write beyond the largest ext4 file")
-            extents, nodes = self._extents(rec)
-            before, inside, after = _cut(extents, first, last + 1)
+            tree = self._tree(rec)
+            inside = tree.mapped(first, last + 1)
             # Segments of [first, last]: existing extents, and holes to allocate.
             segs: list[Extent] = []
-            pos = first
-            hole_total = 0
-            for e in inside:
-                if e.logical > pos:
-                    hole_total += e.logical - pos
-                pos = e.end
-            if last + 1 > pos:
-                hole_total += last + 1 - pos
+            hole_total = last + 1 - first - sum(e.length for e in inside)
             new_runs: list[tuple[int, int]] = []
             if hole_total:
-                new_runs = self.alloc.alloc_blocks(self._goal(ino, extents, first), hole_total)
+                new_runs = self.alloc.alloc_blocks(tree.goal(first, self._goal(ino, [], first)), hole_total)
             run_iter = _RunFeeder(new_runs)
             pos = first
             old_unwritten: dict[int, bool] = {}
@@ -515,7 +569,8 @@ class Writer:
                     old = self._read_block_for_fill(rec.size, last, None if fresh else s.physical + last - s.logical)
                     parts.append(old[tail_end:])
                 self.txn.write_data(s.physical, parts[0] if len(parts) == 1 else b"".join(parts))
-            self._set_extents(ino, ed, before + segs + after, nodes)
+            tree.replace(first, last + 1, segs)
+            self._store_tree(ed, tree, rec.blocks_512, hole_total)
             if end > rec.size:
                 ed.set_size(end)
             self._touch(ed, now)
@@ -553,19 +608,19 @@ class Writer:
         if size >= rec.size or rec.flags & EXT4_INLINE_DATA_FL:  # inline: no blocks to free
             return
         keep = (size + bs - 1) // bs
-        extents, nodes = self._extents(rec)
-        before, dropped, _ = _cut(extents, keep, _MAX_FILE_BLOCKS + 1)
-        for e in dropped:
-            self.alloc.free_blocks(e.physical, e.length)
+        tree = self._tree(rec)
         if size % bs:
             lb = size // bs
-            for e in before:
-                if e.logical <= lb < e.end and not e.unwritten:
-                    phys = e.physical + lb - e.logical
-                    old = self.fs.cache.read_run(phys, 1)
-                    self.txn.write_data(phys, old[: size % bs] + bytes(bs - size % bs))
-        if dropped or nodes:
-            self._set_extents(rec.ino, ed, before, nodes)
+            for e in tree.mapped(lb, lb + 1):
+                if not e.unwritten:
+                    old = self.fs.cache.read_run(e.physical, 1)
+                    self.txn.write_data(e.physical, old[: size % bs] + bytes(bs - size % bs))
+        freed = 0
+        for e in tree.truncate(keep):
+            self.alloc.free_blocks(e.physical, e.length)
+            freed += e.length
+        if rec.flags & EXT4_EXTENTS_FL:
+            self._store_tree(ed, tree, rec.blocks_512, -freed)
 
     def _free_all(self, rec: Inode) -> None:
         """Free an inode with no links left: its blocks, its xattr block, the inode itself."""
@@ -922,15 +977,16 @@ class Writer:
             self._dirs.pop(dir_ino, None)
             self._make_indexed(rec, name, ino, ft)
             return
-        extents, nodes = self._extents(rec)
+        tree = self._tree(rec)
         target = n
-        (pb, _), = self.alloc.alloc_blocks(self._goal(dir_ino, extents, target), 1)
+        (pb, _), = self.alloc.alloc_blocks(tree.goal(target, self._goal(dir_ino, [], target)), 1)
         buf = empty_leaf(bs, seed, csum)
         pos = insert_in_block(buf, name, ino, ft, bs, csum)
         if pos is None:
             raise CorruptError("directory", "entry does not fit an empty block", inode=dir_ino)
         ed = InodeEditor(rec.raw)
-        self._set_extents(dir_ino, ed, extents + [Extent(target, 1, pb)], nodes)
+        tree.replace(target, target + 1, [Extent(target, 1, pb)])
+        self._store_tree(ed, tree, rec.blocks_512, 1)
         ed.set_size((target + 1) * bs)
         self.store(dir_ino, ed)
         st.slack.append(bs)
@@ -952,16 +1008,18 @@ class Writer:
     def _grow_dir(self, rec: Inode, count: int) -> tuple[Inode, list[tuple[int, int]]]:
         """Append ``count`` blocks to directory ``rec``: the new inode record and (logical, physical) pairs."""
         bs = self.fs.sb.block_size
-        extents, nodes = self._extents(rec)
+        tree = self._tree(rec)
         first = (rec.size + bs - 1) // bs
         out: list[tuple[int, int]] = []
+        new: list[Extent] = []
         lb = first
-        for start, n in self.alloc.alloc_blocks(self._goal(rec.ino, extents, first), count):
-            extents.append(Extent(lb, n, start))
+        for start, n in self.alloc.alloc_blocks(tree.goal(first, self._goal(rec.ino, [], first)), count):
+            new.append(Extent(lb, n, start))
             out.extend((lb + k, start + k) for k in range(n))
             lb += n
+        tree.replace(first, lb, new)
         ed = InodeEditor(rec.raw)
-        self._set_extents(rec.ino, ed, extents, nodes)
+        self._store_tree(ed, tree, rec.blocks_512, count)
         ed.set_size(lb * bs)
         self.store(rec.ino, ed)
         return self.fs.inode(rec.ino), out
@@ -1656,30 +1714,6 @@ def _merge(extents: list[Extent]) -> list[Extent]:
     return out
 
 
-def _cut(extents: list[Extent], lo: int, hi: int) -> tuple[list[Extent], list[Extent], list[Extent]]:
-    """Extents before ``lo``, inside ``[lo, hi)``, after ``hi`` (split at the boundaries)."""
-    before: list[Extent] = []
-    inside: list[Extent] = []
-    after: list[Extent] = []
-    for e in extents:
-        if e.end <= lo:
-            before.append(e)
-            continue
-        if e.logical >= hi:
-            after.append(e)
-            continue
-        if e.logical < lo:
-            k = lo - e.logical
-            before.append(Extent(e.logical, k, e.physical, e.unwritten))
-            e = Extent(lo, e.length - k, e.physical + k, e.unwritten)
-        if e.end > hi:
-            k = hi - e.logical
-            after.append(Extent(hi, e.length - k, e.physical + k, e.unwritten))
-            e = Extent(e.logical, k, e.physical, e.unwritten)
-        inside.append(e)
-    return before, inside, after
-
-
 class _RunFeeder:
     """Hands out newly allocated blocks, in order, for the holes of a write."""
 
@@ -1703,3 +1737,26 @@ class _RunFeeder:
                 self.i += 1
                 self.used = 0
         return out
+
+
+class _TreeIO:
+    """The extent-tree editor's view of the writer: blocks through the transaction, the allocator."""
+
+    __slots__ = ("w", "ino")
+
+    def __init__(self, w: Writer, ino: int) -> None:
+        self.w = w
+        self.ino = ino
+
+    def read(self, block: int) -> bytes:
+        return self.w.txn.read(block, "extent tree", self.ino)
+
+    def write(self, block: int, data: bytes) -> None:
+        self.w.txn.put(block, data)
+
+    def alloc(self, goal: int) -> int:
+        (block, _n), = self.w.alloc.alloc_blocks(goal, 1)
+        return block
+
+    def free(self, block: int) -> None:
+        self.w.alloc.free_blocks(block, 1)
