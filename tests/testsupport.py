@@ -79,3 +79,13 @@ def loop_mount(image: str | Path, options: str = "ro,noload") -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             mnt.rmdir()
+
+
+def renameat2(old: str | os.PathLike[str], new: str | os.PathLike[str], flags: int) -> int:
+    """renameat2(2) through libc: 0, or the errno it failed with."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    rc = libc.renameat2(at_fdcwd, os.fsencode(old), at_fdcwd, os.fsencode(new), flags)
+    return 0 if rc == 0 else ctypes.get_errno()

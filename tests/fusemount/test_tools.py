@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from testsupport import need_tool
+from testsupport import need_tool, renameat2
 
 
 def run(*cmd: str, cwd: Path | None = None) -> str:
@@ -282,18 +282,9 @@ def test_long_names_are_refused(dir_mount: tuple[Path, Path]) -> None:
 
 
 def test_rename_flags(dir_mount: tuple[Path, Path]) -> None:
-    import ctypes
-
     mp, host = dir_mount
     (mp / "a").write_text("A")
     (mp / "b").write_text("B")
-    libc = ctypes.CDLL(None, use_errno=True)
-    AT_FDCWD = -100
-
-    def renameat2(old: Path, new: Path, flags: int) -> int:
-        rc = libc.renameat2(AT_FDCWD, str(old).encode(), AT_FDCWD, str(new).encode(), flags)
-        return 0 if rc == 0 else ctypes.get_errno()
-
     assert renameat2(mp / "a", mp / "b", 1) == errno.EEXIST  # RENAME_NOREPLACE
     assert renameat2(mp / "a", mp / "b", 2) == 0  # RENAME_EXCHANGE
     assert (host / "a").read_text() == "B" and (host / "b").read_text() == "A"

@@ -1451,6 +1451,9 @@ class Writer:
             # The kernel (do_renameat2) checks the subtree before the target's type (vfs_rename).
             if s_rec.is_dir and old_parent != new_parent and self._is_ancestor(s_rec.ino, new_parent):
                 raise error(errno.EINVAL, "directory into its own subtree")
+            if dst is not None and old_parent != new_parent and self._is_ancestor(dst[2], old_parent):
+                # do_renameat2's trap: the target is an ancestor of the source (ENOTEMPTY, whatever the types).
+                raise error(errno.ENOTEMPTY, "target is an ancestor of the source")
             if dst is not None:
                 d_rec = fs.inode(dst[2])
                 if d_rec.ino == s_rec.ino:
