@@ -308,3 +308,28 @@ def test_open_handles_keep_inodes_known(writable: Path) -> None:
         assert info.value.errno == errno.ESTALE
     finally:
         b.close()
+
+
+def test_records_the_write_side_installs_give_way_to_a_rollback(writable: Path) -> None:
+    """Writer.store hands the read side the record it wrote; a rollback the read side is not told
+    of (no forget_all) still brings the old record back."""
+    with Filesystem.open(writable, readonly=False) as fs:
+        w = fs.writer
+        d = fs.lookup_ino(2, b"d05")
+        target = fs.lookup_ino(d, b"s007")
+        before = fs.inode(target)
+        txn = w.txn
+        txn.begin()
+        try:
+            ed = w.editor(target)
+            ed.set("i_mode", stat.S_IFREG | 0o604)
+            ed.set("i_links_count", 7)
+            w.store(target, ed)
+            installed = fs.inode(target)
+            assert (installed.mode, installed.links_count) == (stat.S_IFREG | 0o604, 7)
+            assert fs.getattr(target).nlink == 7
+            txn.abort()
+            assert fs.inode(target) == before
+            assert fs.getattr(target).mode == before.mode and fs.getattr(target).nlink == before.links_count
+        finally:
+            txn.abort()  # (a no-op after the rollback above)

@@ -28,6 +28,8 @@ from volfs.ext4.directory import (
 )
 from volfs.ext4.dirhash import _dirhash, dirhash
 from volfs.ext4.group import descriptor_block, parse_group_desc
+from volfs.ext4.inode import parse_inode
+from volfs.ext4.superblock import INCOMPAT_LARGEDIR, RO_COMPAT_HUGE_FILE
 
 ROOT = Ino(2)
 
@@ -97,10 +99,29 @@ def test_read_caches_follow_writes(variant: str, make_image: Callable[..., Path]
 
 
 def _check_caches(fs: object) -> None:
-    """Every cached leaf parse and group descriptor equals a fresh decode of the current bytes."""
+    """Every cached leaf parse, group descriptor, inode and runlist equals a fresh decode of the current bytes."""
     from volfs.ext4.filesystem import Filesystem
 
     assert isinstance(fs, Filesystem)
+    sb = fs.sb
+    for ino in list(fs._inodes._d):
+        # The cached record (often one the write side installed unverified) against a verified parse.
+        _g, blk, off = fs.inode_location(ino)
+        raw = fs.cache.read(blk)[off : off + sb.inode_size]
+        assert fs.inode(ino) == parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
+                                            huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE),
+                                            block_size=sb.block_size,
+                                            csum_seed=fs.fs_seed if sb.metadata_csum else None, block=blk)
+    for ino, slot in list(fs._runlists._d.items()):
+        rec = fs.inode(ino)
+        if rec.mode == 0 or not (rec.is_reg or rec.is_dir or rec.is_symlink):
+            continue
+        cached = fs.runlist(rec)
+        fs._runlists.pop(ino)
+        try:
+            assert fs.runlist(rec).runs == cached.runs, f"stale runlist of inode {ino}"
+        finally:
+            fs._runlists.put(ino, slot)
     for (kind, ino, lb), slot in list(fs._parsed._d.items()):
         if kind != "leaf":
             continue
@@ -108,7 +129,6 @@ def _check_caches(fs: object) -> None:
         pb, data = fs._dir_block(rec, lb)
         if fs._parsed_block("leaf", rec, lb, pb, data) is slot:
             assert slot.value == fs._leaf_entries(rec, lb, pb, data)
-    sb = fs.sb
     per_block = sb.block_size // sb.desc_size
     for g in range(sb.group_count):
         raw = fs.cache.read(descriptor_block(sb, g // per_block))

@@ -355,9 +355,12 @@ class Writer:
         fs = self.fs
         _g, blk, off = fs.inode_location(ino)
         data = bytearray(self.txn.read(blk, "inode table", ino))
-        data[off : off + fs.sb.inode_size] = ed.finish(self._csum_seed(), ino)
+        raw = ed.finish(self._csum_seed(), ino)
+        data[off : off + fs.sb.inode_size] = raw
         self.txn.put(blk, data)
-        fs.forget_inode(ino)
+        # The read side takes the record as written instead of decoding (and verifying) it again
+        # on the next inode(); its other decoded caches revalidate against the new bytes by themselves.
+        fs.install_inode(ino, blk, off, raw)
 
     def _writable_inode(self, rec: Inode) -> None:
         if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL):
