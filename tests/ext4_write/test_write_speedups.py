@@ -27,6 +27,7 @@ from volfs.ext4.directory import (
     set_leaf_csum,
 )
 from volfs.ext4.dirhash import _dirhash, dirhash
+from volfs.ext4.checksum import crc32c_raw, inode_seed
 from volfs.ext4.group import descriptor_block, parse_group_desc
 from volfs.ext4.inode import parse_inode
 from volfs.ext4.superblock import INCOMPAT_LARGEDIR, RO_COMPAT_HUGE_FILE
@@ -67,6 +68,15 @@ def test_memoized_hash_matches_definition() -> None:
         for version in range(6):
             assert dirhash(name, version, seed) == _dirhash(name, version, seed)
             assert dirhash(name, version, seed) == _dirhash(name, version, seed)  # from the memo
+
+
+def test_memoized_inode_seed_matches_definition() -> None:
+    rnd = random.Random(17)
+    keys = [(rnd.randrange(1 << 32), rnd.randrange(1, 1 << 32), rnd.randrange(1 << 32)) for _ in range(6000)]
+    for _ in range(2):  # the second pass partly from the memo (which starts over when full)
+        for fs_seed, ino, gen in keys:
+            want = crc32c_raw(crc32c_raw(fs_seed, ino.to_bytes(4, "little")), gen.to_bytes(4, "little"))
+            assert inode_seed(fs_seed, ino, gen) == want
 
 
 @pytest.mark.parametrize("variant", ["default", "b1024", "nocsum", "i128"])
