@@ -52,7 +52,9 @@ read side decode (and verify) its own output again: the allocator its new
 group descriptors, :meth:`Writer.store` each inode record it writes
 (:meth:`install_inode`).  Such an entry is stamped with the epoch and the
 bytes object served right after the write, so from then on it is checked
-like any other.
+like any other.  One memo is stricter: the last name an htree lookup did not
+find is trusted only at the very epoch of that lookup (a FUSE negative
+LOOKUP is followed by CREATE, whose existence check asks the same question).
 """
 
 from __future__ import annotations
@@ -381,6 +383,10 @@ class Filesystem:
         # Major hashes of recently looked-up names by (name, hash version); s_hash_seed is in the
         # decode context, so a pure function of the key (a lookup, then a create, hash the name again).
         self._hashes: dict[tuple[bytes, int], int] = {}
+        # The last name an htree lookup did not find: (epoch, directory record, name).  Valid only
+        # at that very epoch (nothing the cache serves has changed) for an equal directory record:
+        # FUSE's negative LOOKUP is followed by CREATE, whose existence check asks again.
+        self._dx_miss: tuple[int, Inode, bytes] | None = None
         # Name indexes of linear directories, least recently used first, bounded by total cost.
         self._names: OrderedDict[int, _NameIndex] = OrderedDict()
         self._names_cost = 0
@@ -468,6 +474,7 @@ class Filesystem:
         self._attrs.pop(ino)
         self._runlists.pop(ino)
         self._dx_roots.pop(ino)
+        self._dx_miss = None
 
     def install_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes) -> None:
         """Cache the record the write side just put at (``block``, ``offset``) as ``ino``'s parse.
@@ -521,6 +528,7 @@ class Filesystem:
         self._dx_roots.clear()
         self._parsed.clear()
         self._hashes.clear()
+        self._dx_miss = None
         self._names.clear()
         self._names_cost = 0
 
@@ -1082,10 +1090,20 @@ class Filesystem:
         return True
 
     def _dx_find(self, rec: Inode, name: bytes) -> DirEntry | None:
+        epoch = self.cache.epoch
+        miss = self._dx_miss
+        if miss is not None and miss[0] == epoch and miss[2] == name and \
+                (miss[1] is rec or (miss[1].ino == rec.ino and miss[1].raw == rec.raw)):
+            return None
+        found = self._dx_walk(rec, name, epoch)
+        self._dx_miss = (epoch, rec, name) if found is None else None
+        return found
+
+    def _dx_walk(self, rec: Inode, name: bytes, epoch: int) -> DirEntry | None:
+        """:meth:`_dx_find` without the memo of its last miss."""
         bs = self.sb.block_size
         seed = self._inode_seed(rec)
         slot = self._dx_roots.get(rec.ino)
-        epoch = self.cache.epoch
         if slot is not None and slot.epoch == epoch:
             root = slot.root
         else:
