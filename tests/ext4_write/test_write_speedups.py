@@ -29,7 +29,7 @@ from volfs.ext4.directory import (
 from volfs.ext4.dirhash import _dirhash, dirhash
 from volfs.ext4.checksum import crc32c_raw, inode_seed
 from volfs.ext4.group import descriptor_block, parse_group_desc
-from volfs.ext4.inode import parse_inode
+from volfs.ext4.inode import InodeEditor, encode_time, parse_inode
 from volfs.ext4.superblock import INCOMPAT_LARGEDIR, RO_COMPAT_HUGE_FILE
 
 ROOT = Ino(2)
@@ -77,6 +77,38 @@ def test_memoized_inode_seed_matches_definition() -> None:
         for fs_seed, ino, gen in keys:
             want = crc32c_raw(crc32c_raw(fs_seed, ino.to_bytes(4, "little")), gen.to_bytes(4, "little"))
             assert inode_seed(fs_seed, ino, gen) == want
+
+
+def _set_time_by_fields(ed: InodeEditor, which: str, ns: int) -> None:
+    """The definition set_times replaces: each field through has/set, the time encoded per field."""
+    base, extra = {"a": ("i_atime", "i_atime_extra"), "m": ("i_mtime", "i_mtime_extra"),
+                   "c": ("i_ctime", "i_ctime_extra"), "cr": ("i_crtime", "i_crtime_extra")}[which]
+    if not ed.has(base):
+        return
+    sec, ext = encode_time(ns, ed.has(extra))
+    ed.set(base, sec)
+    ed.set(extra, ext)
+
+
+def test_set_times_matches_field_by_field() -> None:
+    rnd = random.Random(23)
+    groups = [("a", "m", "c", "cr"), ("m", "c"), ("c",), ("cr",), ("a",)]
+    times = [0, 1, -1, 1_700_000_000_123_456_789, -(1 << 31) * 10**9 - 5, ((1 << 31) - 1 + (3 << 32)) * 10**9 + 7,
+             (1 << 34) * 10**9, -(1 << 40) * 10**9] + [rnd.randrange(-(1 << 62), 1 << 62) for _ in range(200)]
+    # Record sizes and i_extra_isize values: none, ctime/mtime/atime extras only, crtime without its extra, all.
+    shapes = [(128, 0), (256, 0), (256, 4), (256, 8), (256, 12), (256, 16), (256, 20), (256, 24), (256, 32),
+              (160, 28)]
+    for size, extra in shapes:
+        for ns in times:
+            for which in groups:
+                raw = bytes(rnd.randrange(256) for _ in range(size))
+                if size > 128:
+                    raw = raw[:128] + extra.to_bytes(2, "little") + raw[130:]
+                fast, slow = InodeEditor(raw), InodeEditor(raw)
+                fast.set_times(which, ns)
+                for w in which:
+                    _set_time_by_fields(slow, w, ns)
+                assert fast.buf == slow.buf, (size, extra, ns, which)
 
 
 @pytest.mark.parametrize("variant", ["default", "b1024", "nocsum", "i128"])

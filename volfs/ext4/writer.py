@@ -374,8 +374,7 @@ class Writer:
         ed.set("i_mode", mode)
         ed.set_uid(uid)
         ed.set_gid(gid)
-        for which in ("a", "m", "c", "cr"):
-            ed.set_time(which, now)
+        ed.set_times(("a", "m", "c", "cr"), now)
         ed.set("i_generation", secrets.randbits(32))
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
             ed.set("i_flags", EXT4_EXTENTS_FL)
@@ -383,9 +382,7 @@ class Writer:
         return ino, ed
 
     def _touch(self, ed: InodeEditor, now: int, mtime: bool = True) -> None:
-        if mtime:
-            ed.set_time("m", now)
-        ed.set_time("c", now)
+        ed.set_times(("m", "c") if mtime else ("c",), now)
 
     # -- mapping -------------------------------------------------------------------
 
