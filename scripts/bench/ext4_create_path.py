@@ -10,7 +10,7 @@ process's CPU time (steadier on a shared machine), and the close (final
 commit) time.  ``--check`` runs ``e2fsck -fn`` on the image afterwards.
 
 Usage: .venv/bin/python scripts/bench/ext4_create_path.py [FILES] [--check]
-       PROF=1 ... prints a cProfile of the create loop (by internal time).
+       PROF=1 ... prints a cProfile of the create loop (by internal time); PROF_OUT=path also saves it.
 """
 
 from __future__ import annotations
