@@ -25,7 +25,7 @@ from volfs.backend import OpenFlags, SetAttr
 from volfs.backends.ext4 import Ext4Backend
 from volfs.errors import VolfsError
 from volfs.ext4 import Filesystem
-from volfs.ext4.directory import insert_in_block, set_leaf_csum
+from volfs.ext4.directory import insert_in_block, is_dx_node_block, set_leaf_csum
 from volfs.ext4.group import update_group_desc
 from volfs.ext4.inode import Inode, InodeEditor
 
@@ -308,3 +308,85 @@ def test_open_handles_keep_inodes_known(writable: Path) -> None:
         assert info.value.errno == errno.ESTALE
     finally:
         b.close()
+
+
+def test_htree_misses_are_remembered_only_while_nothing_changes(writable: Path) -> None:
+    """FUSE's negative LOOKUP then CREATE's own check ask an htree directory twice for one name:
+    the second answer comes from a memo, which must give way to any change, told or not."""
+    b = Ext4Backend(writable, readonly=False)
+    try:
+        fs = b.filesystem
+        h1 = b.mkdir(b.root, b"h1", 0o755, 0, 0).ino
+        h2 = b.mkdir(b.root, b"h2", 0o755, 0, 0).ino
+        for d in (h1, h2):
+            for i in range(300):  # more than one block of entries: the directory becomes an htree
+                fh, a = b.create(d, b"e%04d" % i, 0o644, OpenFlags.WRITE, 0, 0)
+                b.release(fh)
+                b.forget(a.ino)
+            assert fs.inode(d).flags & 0x1000, "the directory did not get an htree index"
+        fh, a = b.create(h2, b"ghost", 0o644, OpenFlags.WRITE, 0, 0)
+        b.release(fh)
+        ghost2 = a.ino
+        # A miss in one directory says nothing about the same name in another, at the same epoch.
+        epoch = fs.cache.epoch
+        _enoent(lambda: fs.lookup_ino(h1, b"ghost"))
+        assert fs._dx_miss is not None and fs.cache.epoch == epoch
+        assert fs.lookup_ino(h2, b"ghost") == ghost2
+        # Nor about another name, in the same directory.
+        _enoent(lambda: fs.lookup_ino(h1, b"ghost"))
+        assert fs.lookup_ino(h1, b"e0007") == _scan(fs, h1)[b"e0007"]
+        # Created through the engine: found at once.
+        _enoent(lambda: fs.lookup_ino(h1, b"ghost"))
+        fh, a = b.create(h1, b"ghost", 0o644, OpenFlags.WRITE, 0, 0)
+        b.release(fh)
+        assert fs.lookup_ino(h1, b"ghost") == a.ino
+        # Sneaked into its leaf through the transaction, telling the engine nothing: found at once.
+        _enoent(lambda: fs.lookup_ino(h1, b"phantom"))
+        rec = fs.inode(h1)
+        txn = fs.writer.txn
+        txn.begin()
+        try:
+            # Every leaf gets the name: wherever its hash leads, the lookup finds it there.
+            bs = fs.block_size
+            for lb in range(1, rec.size // bs):
+                pb = fs.runlist(rec).map(lb)
+                assert pb is not None
+                buf = bytearray(txn.read(pb))
+                if is_dx_node_block(bytes(buf), bs):
+                    continue
+                assert insert_in_block(buf, b"phantom", ghost2, 1, bs, fs.sb.metadata_csum) is not None
+                set_leaf_csum(buf, fs._inode_seed(rec))
+                txn.put(pb, buf)
+            assert fs.lookup_ino(h1, b"phantom") == ghost2
+            txn.abort()
+            _enoent(lambda: fs.lookup_ino(h1, b"phantom"))
+            _enoent(lambda: fs.lookup_ino(h1, b"phantom"))  # (the memo again, after the rollback)
+        finally:
+            txn.abort()  # (a no-op after the rollback above)
+    finally:
+        b.close()
+
+
+def test_records_the_write_side_installs_give_way_to_a_rollback(writable: Path) -> None:
+    """Writer.store hands the read side the record it wrote; a rollback the read side is not told
+    of (no forget_all) still brings the old record back."""
+    with Filesystem.open(writable, readonly=False) as fs:
+        w = fs.writer
+        d = fs.lookup_ino(2, b"d05")
+        target = fs.lookup_ino(d, b"s007")
+        before = fs.inode(target)
+        txn = w.txn
+        txn.begin()
+        try:
+            ed = w.editor(target)
+            ed.set("i_mode", stat.S_IFREG | 0o604)
+            ed.set("i_links_count", 7)
+            w.store(target, ed)
+            installed = fs.inode(target)
+            assert (installed.mode, installed.links_count) == (stat.S_IFREG | 0o604, 7)
+            assert fs.getattr(target).nlink == 7
+            txn.abort()
+            assert fs.inode(target) == before
+            assert fs.getattr(target).mode == before.mode and fs.getattr(target).nlink == before.links_count
+        finally:
+            txn.abort()  # (a no-op after the rollback above)

@@ -74,6 +74,22 @@ def fs_seed(uuid: bytes, csum_seed_flag: bool, s_checksum_seed: int) -> int:
     return crc32c_raw(_MASK, uuid)
 
 
+# Per-inode seeds by (fs seed, inode, generation).  A pure function of its key, so the memo can
+# never be stale; it is wanted because every inode, extent-block and directory-block checksum of
+# one inode starts from the same seed.  Bounded: it starts over when full.
+_INODE_SEEDS: dict[tuple[int, int, int], int] = {}
+_INODE_SEEDS_MAX = 4096
+_LE32X2 = struct.Struct("<II")
+
+
 def inode_seed(fs: int, ino: int, generation: int) -> int:
     """The per-inode seed: crc(fs seed, le32 ino, le32 i_generation)."""
-    return crc32c_raw(crc32c_raw(fs, struct.pack("<I", ino & _MASK)), struct.pack("<I", generation & _MASK))
+    key = (fs, ino, generation)
+    seed = _INODE_SEEDS.get(key)
+    if seed is None:
+        # One crc over both words: crc chaining makes it crc(crc(fs, ino), generation).
+        seed = crc32c_raw(fs, _LE32X2.pack(ino & _MASK, generation & _MASK))
+        if len(_INODE_SEEDS) >= _INODE_SEEDS_MAX:
+            _INODE_SEEDS.clear()
+        _INODE_SEEDS[key] = seed
+    return seed

@@ -39,12 +39,22 @@ bytes the cache serves) and remembers the bytes it was decoded from:
   bytes: the entry is re-stamped and used.  Different: it is decoded again.
 
 What an entry depends on: a parsed inode on its raw record; a group
-descriptor on its raw descriptor; a runlist on the inode's raw record plus
-every extent-tree or block-map block read to build it; an htree root on the
+descriptor on its raw descriptor; a runlist on the fields of the inode's
+record that map it (flags, i_block, generation, and i_size for block maps)
+plus every extent-tree or block-map block read to build it; an htree root on the
 directory's block 0; a name index on the directory's raw inode record (its
 size and block mapping) and every leaf block (see :class:`_NameIndex`).
 Decoding also depends on superblock fields (features, geometry, checksum
 seed): :meth:`reload_superblock` drops everything when those change.
+
+The write side hands over what it has just decoded instead of making the
+read side decode (and verify) its own output again: the allocator its new
+group descriptors, :meth:`Writer.store` each inode record it writes
+(:meth:`install_inode`).  Such an entry is stamped with the epoch and the
+bytes object served right after the write, so from then on it is checked
+like any other.  One memo is stricter: the last name an htree lookup did not
+find is trusted only at the very epoch of that lookup (a FUSE negative
+LOOKUP is followed by CREATE, whose existence check asks the same question).
 """
 
 from __future__ import annotations
@@ -200,15 +210,31 @@ class _DescSlot:
 
 
 class _RunSlot:
-    """A runlist, the inode record it was built from and the tree blocks it read."""
+    """A runlist, what of the inode record it was built from and the tree blocks it read.
 
-    __slots__ = ("epoch", "rec", "deps", "runlist")
+    ``key`` (:func:`_mapping_key`) holds every field of the record the
+    runlist depends on, so a change to any other field (times, link count,
+    mode) keeps it.
+    """
+
+    __slots__ = ("epoch", "rec", "key", "deps", "runlist")
 
     def __init__(self, epoch: int, rec: Inode, deps: list[tuple[int, bytes]], runlist: RunList) -> None:
         self.epoch = epoch
         self.rec = rec
+        self.key = _mapping_key(rec)
         self.deps = deps
         self.runlist = runlist
+
+
+def _mapping_key(rec: Inode) -> tuple[int, int, bytes, int]:
+    """What :meth:`Filesystem.runlist` reads of an inode record besides its number.
+
+    The mapping flags (inline, extents), i_block, i_generation (the extent
+    checksum seed) and, for block maps only, i_size (which bounds the walk).
+    """
+    flags = rec.flags & (EXT4_INLINE_DATA_FL | EXT4_EXTENTS_FL)
+    return flags, rec.generation, rec.i_block, rec.size if not flags else -1
 
 
 class _DxSlot:
@@ -357,6 +383,10 @@ class Filesystem:
         # Major hashes of recently looked-up names by (name, hash version); s_hash_seed is in the
         # decode context, so a pure function of the key (a lookup, then a create, hash the name again).
         self._hashes: dict[tuple[bytes, int], int] = {}
+        # The last name an htree lookup did not find: (epoch, directory record, name).  Valid only
+        # at that very epoch (nothing the cache serves has changed) for an equal directory record:
+        # FUSE's negative LOOKUP is followed by CREATE, whose existence check asks again.
+        self._dx_miss: tuple[int, Inode, bytes] | None = None
         # Name indexes of linear directories, least recently used first, bounded by total cost.
         self._names: OrderedDict[int, _NameIndex] = OrderedDict()
         self._names_cost = 0
@@ -444,6 +474,50 @@ class Filesystem:
         self._attrs.pop(ino)
         self._runlists.pop(ino)
         self._dx_roots.pop(ino)
+        self._dx_miss = None
+
+    def install_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes) -> None:
+        """Cache the record the write side just put at (``block``, ``offset``) as ``ino``'s parse.
+
+        The write side computed ``raw`` (checksum included), so it is parsed
+        without verifying the checksum, and the slot is stamped with the
+        current epoch and the very ``bytes`` object the cache now serves for
+        ``block``: from here on it is revalidated like any other entry (see
+        "Decoded caches").  Anything that would make the next :meth:`inode`
+        decode differently, or refuse (the served bytes do not hold ``raw``,
+        the record lies outside the initialised inode table), drops the entry
+        instead, so that call reads it as before.
+        """
+        cache = self.cache
+        sb = self.sb
+        size = sb.inode_size
+        data = cache.read(block, "inode table", ino)
+        self._attrs.pop(ino)
+        if len(raw) != size or data[offset : offset + size] != raw or (block, offset) != self._inode_place(ino):
+            self._inodes.pop(ino)
+            return
+        rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
+                          huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
+                          csum_seed=None, block=block)
+        self._inodes.put(ino, _InodeSlot(cache.epoch, block, data, offset, rec))
+
+    def _inode_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
+        """(inode-table block, offset) of ``ino`` when :meth:`inode` would read it there, else None.
+
+        None: the number is out of range or the record lies in the part of
+        its group's table the descriptor marks uninitialised (which
+        :meth:`inode` refuses).
+        """
+        sb = self.sb
+        if not 1 <= ino <= sb.inodes_count:
+            return None
+        group, index = divmod(ino - 1, sb.inodes_per_group)
+        desc = self.group_desc(group)
+        if sb.metadata_csum or sb.gdt_csum:
+            if desc.flags & BG_INODE_UNINIT or index >= sb.inodes_per_group - desc.itable_unused:
+                return None
+        byte = index * sb.inode_size
+        return desc.inode_table + byte // sb.block_size, byte % sb.block_size
 
     def forget_all(self) -> None:
         """Drop every decoded structure (after a rolled-back operation)."""
@@ -454,6 +528,7 @@ class Filesystem:
         self._dx_roots.clear()
         self._parsed.clear()
         self._hashes.clear()
+        self._dx_miss = None
         self._names.clear()
         self._names_cost = 0
 
@@ -651,7 +726,7 @@ class Filesystem:
         slot = self._runlists.get(rec.ino)
         cache = self.cache
         epoch = cache.epoch
-        if slot is not None and (slot.rec is rec or slot.rec.raw == rec.raw):
+        if slot is not None and (slot.rec is rec or slot.key == _mapping_key(rec)):
             since = slot.epoch
             if since == epoch or all(cache.unchanged(b, since) or cache.read(b, "extent tree", rec.ino) == data
                                      for b, data in slot.deps):
@@ -1015,10 +1090,20 @@ class Filesystem:
         return True
 
     def _dx_find(self, rec: Inode, name: bytes) -> DirEntry | None:
+        epoch = self.cache.epoch
+        miss = self._dx_miss
+        if miss is not None and miss[0] == epoch and miss[2] == name and \
+                (miss[1] is rec or (miss[1].ino == rec.ino and miss[1].raw == rec.raw)):
+            return None
+        found = self._dx_walk(rec, name, epoch)
+        self._dx_miss = (epoch, rec, name) if found is None else None
+        return found
+
+    def _dx_walk(self, rec: Inode, name: bytes, epoch: int) -> DirEntry | None:
+        """:meth:`_dx_find` without the memo of its last miss."""
         bs = self.sb.block_size
         seed = self._inode_seed(rec)
         slot = self._dx_roots.get(rec.ino)
-        epoch = self.cache.epoch
         if slot is not None and slot.epoch == epoch:
             root = slot.root
         else:

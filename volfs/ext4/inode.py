@@ -219,6 +219,10 @@ _FIELDS: Final = {name: (INODE.offsets[name], struct.Struct("<" + code), INODE.o
                   for name, code in INODE.fields}
 _TIME_FIELDS: Final = {"a": ("i_atime", "i_atime_extra"), "m": ("i_mtime", "i_mtime_extra"),
                        "c": ("i_ctime", "i_ctime_extra"), "cr": ("i_crtime", "i_crtime_extra")}
+# which -> (seconds field offset, its end, *_extra field offset, its end): set_times' hot path.
+_TIME_SLOTS: Final = {w: (INODE.offsets[b], _FIELDS[b][2], INODE.offsets[e], _FIELDS[e][2])
+                      for w, (b, e) in _TIME_FIELDS.items()}
+_U32: Final = struct.Struct("<I")
 _S32_MIN: Final = -(1 << 31)
 # Latest time representable with the epoch bits: (2^31 - 1) + (3 << 32) seconds.
 _MAX_SEC_EXTRA: Final = (1 << 31) - 1 + (3 << 32)
@@ -292,12 +296,31 @@ class InodeEditor:
             st.pack_into(self.buf, off, value)
 
     def set_time(self, which: str, ns: int) -> None:
-        base, extra = _TIME_FIELDS[which]
-        if not self.has(base):
-            return
-        sec, ext = encode_time(ns, self.has(extra))
-        self.set(base, sec)
-        self.set(extra, ext)
+        self.set_times((which,), ns)
+
+    def set_times(self, which: tuple[str, ...], ns: int) -> None:
+        """Set each of the times named in ``which`` ("a", "m", "c", "cr") to ``ns``.
+
+        As :meth:`set` of the seconds and ``*_extra`` fields, skipping those the
+        record does not have; ``ns`` is encoded once for all of them.
+        """
+        limit = INODE_BASE_SIZE + self.extra_isize
+        buf = self.buf
+        wide: tuple[int, int] | None = None
+        narrow: tuple[int, int] | None = None
+        for w in which:
+            base_off, base_end, extra_off, extra_end = _TIME_SLOTS[w]
+            if base_off >= INODE_BASE_SIZE and base_end > limit:
+                continue  # (i_crtime on a small record)
+            if extra_off < INODE_BASE_SIZE or extra_end <= limit:
+                if wide is None:
+                    wide = encode_time(ns, True)
+                _U32.pack_into(buf, base_off, wide[0])
+                _U32.pack_into(buf, extra_off, wide[1])
+            else:
+                if narrow is None:
+                    narrow = encode_time(ns, False)
+                _U32.pack_into(buf, base_off, narrow[0])
 
     def set_size(self, size: int) -> None:
         self.set("i_size_lo", size & 0xFFFFFFFF)

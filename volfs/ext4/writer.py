@@ -365,9 +365,12 @@ class Writer:
         fs = self.fs
         _g, blk, off = fs.inode_location(ino)
         data = bytearray(self.txn.read(blk, "inode table", ino))
-        data[off : off + fs.sb.inode_size] = ed.finish(self._csum_seed(), ino)
+        raw = ed.finish(self._csum_seed(), ino)
+        data[off : off + fs.sb.inode_size] = raw
         self.txn.put(blk, data)
-        fs.forget_inode(ino)
+        # The read side takes the record as written instead of decoding (and verifying) it again
+        # on the next inode(); its other decoded caches revalidate against the new bytes by themselves.
+        fs.install_inode(ino, blk, off, raw)
 
     def _writable_inode(self, rec: Inode) -> None:
         if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL):
@@ -381,8 +384,7 @@ class Writer:
         ed.set("i_mode", mode)
         ed.set_uid(uid)
         ed.set_gid(gid)
-        for which in ("a", "m", "c", "cr"):
-            ed.set_time(which, now)
+        ed.set_times(("a", "m", "c", "cr"), now)
         ed.set("i_generation", secrets.randbits(32))
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
             ed.set("i_flags", EXT4_EXTENTS_FL)
@@ -390,9 +392,7 @@ class Writer:
         return ino, ed
 
     def _touch(self, ed: InodeEditor, now: int, mtime: bool = True) -> None:
-        if mtime:
-            ed.set_time("m", now)
-        ed.set_time("c", now)
+        ed.set_times(("m", "c") if mtime else ("c",), now)
 
     # -- mapping -------------------------------------------------------------------
 
