@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "ext4")]
 import ext4_images as images  # noqa: E402
 from volfs.backend import Ino, OpenFlags  # noqa: E402
 from volfs.backends.ext4 import Ext4Backend  # noqa: E402
+from volfs.pathfs import PathFs  # noqa: E402
 
 CHUNK = 1 << 20
 RW = OpenFlags.READ | OpenFlags.WRITE
@@ -99,7 +100,8 @@ def bench_large(work: Path, size_mib: int) -> None:
                     os.close(fd)
 
             t_kernel = timed(kernel)
-        print(f"  kernel mount    {t_kernel:8.3f} s   ratio volfs/kernel = {t_volfs / t_kernel:.2f}")
+        print(f"  kernel mount    {t_kernel:8.3f} s   ratio volfs/kernel = {t_volfs / t_kernel:.2f}, "
+              f"handle/kernel = {t_handle / t_kernel:.2f}")
 
 
 def bench_small(work: Path, files: int) -> None:
@@ -119,8 +121,21 @@ def bench_small(work: Path, files: int) -> None:
 
     t_volfs = timed(volfs)
     fsck(image)
+    himage = fresh(work, "small-h.img", "1G")
+
+    def handle() -> None:
+        # The Python user's path: VolumeFs.write (atomic: a temporary, then rename) per file.
+        fs = PathFs(Ext4Backend(himage, readonly=False))
+        fs.mkdir("/d")
+        for n in names:
+            fs.write("/d/" + n.decode(), payload)
+        fs.close()
+
+    t_handle = timed(handle)
+    fsck(himage)
     print(f"{files} small files (4 KiB) in one directory, then sync:")
     print(f"  volfs backend   {t_volfs:8.3f} s   {files / t_volfs:8.0f} files/s")
+    print(f"  volfs handle    {t_handle:8.3f} s   {files / t_handle:8.0f} files/s   (VolumeFs.write, atomic)")
     if os.geteuid() == 0:
         kimg = fresh(work, "small-k.img", "1G")
         with images.loop_mount(kimg, "rw") as mnt:
@@ -137,7 +152,8 @@ def bench_small(work: Path, files: int) -> None:
                 subprocess.run(["sync", "-f", str(mnt)], check=True)
 
             t_kernel = timed(kernel)
-        print(f"  kernel mount    {t_kernel:8.3f} s   ratio volfs/kernel = {t_volfs / t_kernel:.2f}")
+        print(f"  kernel mount    {t_kernel:8.3f} s   ratio volfs/kernel = {t_volfs / t_kernel:.2f}, "
+              f"handle/kernel = {t_handle / t_kernel:.2f}")
     fuse2fs = shutil.which("fuse2fs")
     if fuse2fs and os.path.exists("/dev/fuse"):
         fimg = fresh(work, "small-f.img", "1G")
@@ -155,7 +171,8 @@ def bench_small(work: Path, files: int) -> None:
                     subprocess.run(["sync", "-f", str(mnt)], check=True)
 
                 t_fuse = timed(fuse)
-                print(f"  fuse2fs         {t_fuse:8.3f} s   ratio volfs/fuse2fs = {t_volfs / t_fuse:.2f}")
+                print(f"  fuse2fs         {t_fuse:8.3f} s   ratio volfs/fuse2fs = {t_volfs / t_fuse:.2f}, "
+                      f"handle/fuse2fs = {t_handle / t_fuse:.2f}")
             finally:
                 subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         else:

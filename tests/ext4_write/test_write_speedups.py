@@ -1,8 +1,8 @@
 """The write path's caches change nothing that is written or read.
 
 Each shortcut is compared with the slow path it replaces: the last-record hint
-of a leaf insert with the walk over the block, the read side's patched leaf
-parse with a fresh parse, the group descriptors the allocator hands the read
+of a leaf insert with the walk over the block, the read side's leaf parse
+patched across inserts, removals and retargets with a fresh parse, the group descriptors the allocator hands the read
 side with a decode of the bytes on disk, the memoized and unrolled name hash
 with its definition.  Every image ends e2fsck-clean.
 """
@@ -120,8 +120,16 @@ def test_read_caches_follow_writes(variant: str, make_image: Callable[..., Path]
     d = backend.mkdir(ROOT, b"d", 0o755, 0, 0).ino
     names: list[bytes] = []
     for i in range(1200):
-        if names and rnd.random() < 0.25:
+        roll = rnd.random()
+        if names and roll < 0.2:
             backend.unlink(d, names.pop(rnd.randrange(len(names))))
+        elif len(names) > 1 and roll < 0.3:  # rename over another name: one entry removed, one retargeted
+            src = names.pop(rnd.randrange(len(names)))
+            backend.rename(d, src, d, names[rnd.randrange(len(names))])
+        elif names and roll < 0.35:  # rename to a new name: a remove and an insert
+            src = names.pop(rnd.randrange(len(names)))
+            names.append(src + b"-r%d" % i)
+            backend.rename(d, src, d, names[-1])
         else:
             name = bytes(rnd.choice(b"abcdefghij") for _ in range(rnd.randint(1, 40))) + b"%d" % i
             fh, attr = backend.create(d, name, 0o644, OpenFlags.WRITE, 0, 0)

@@ -35,7 +35,7 @@ __all__ = ["DIR_ENTRY", "DIR_TAIL", "DX_ROOT_INFO", "DX_COUNTLIMIT", "DX_ENTRY",
            "dx_node_csum_ok", "FT_NAMES", "ft_to_mode", "is_dx_node_block", "DT_BY_FT", "rec_len_for",
            "mode_to_ft", "empty_leaf", "first_dir_block", "set_leaf_csum", "leaf_slack", "insert_in_block",
            "remove_from_block", "set_entry_inode", "leaf_end", "rec_len_to_disk", "last_record",
-           "record_end", "entries_after_insert"]
+           "record_end", "entries_after_insert", "entries_after_remove", "entries_after_retarget"]
 
 DIR_ENTRY = Struct("ext4_dir_entry_2", [
     ("inode", "I"), ("rec_len", "H"), ("name_len", "B"), ("file_type", "B"),
@@ -458,6 +458,37 @@ def entries_after_insert(entries: list[DirEntry], buf: bytes | bytearray, pos: i
         out[i - 1] = DirEntry(prev.name, prev.ino, prev.file_type, prev.offset, start)
     out.insert(i, DirEntry(bytes(name), InodeNo(ino), ft, start, stop))
     return out
+
+
+def entries_after_remove(entries: list[DirEntry], base: int, pos: int) -> list[DirEntry] | None:
+    """``parse_dir_block``'s result after :func:`remove_from_block` took the entry at ``pos``.
+
+    The removed record either joins the live record before it (whose
+    ``next_offset`` moves to the removed one's) or, first in its block, is
+    emptied and no longer listed.  None when ``entries`` has no live entry at
+    ``pos`` (the caller then drops its parse).
+    """
+    start = base + pos
+    i = bisect.bisect_left(entries, start, key=lambda e: e.offset)
+    if i == len(entries) or entries[i].offset != start:
+        return None
+    gone = entries[i]
+    out = entries[:i] + entries[i + 1 :]
+    if i and out[i - 1].next_offset == start:
+        prev = out[i - 1]
+        out[i - 1] = DirEntry(prev.name, prev.ino, prev.file_type, prev.offset, gone.next_offset)
+    return out
+
+
+def entries_after_retarget(entries: list[DirEntry], base: int, pos: int, ino: int,
+                           ft: int) -> list[DirEntry] | None:
+    """``parse_dir_block``'s result after :func:`set_entry_inode` at ``pos`` (None: no entry there)."""
+    start = base + pos
+    i = bisect.bisect_left(entries, start, key=lambda e: e.offset)
+    if i == len(entries) or entries[i].offset != start:
+        return None
+    e = entries[i]
+    return entries[:i] + [DirEntry(e.name, InodeNo(ino), ft, e.offset, e.next_offset)] + entries[i + 1 :]
 
 
 def remove_from_block(buf: bytearray, offset: int, block_size: int, csum: bool) -> None:

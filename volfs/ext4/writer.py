@@ -63,7 +63,7 @@ import stat
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -73,7 +73,10 @@ from volfs.ext4.alloc import Allocator
 from volfs.ext4.directory import (
     DxLevel,
     dx_find,
+    DirEntry,
     entries_after_insert,
+    entries_after_remove,
+    entries_after_retarget,
     empty_leaf,
     first_dir_block,
     insert_in_block,
@@ -897,12 +900,30 @@ class Writer:
         if len(self._leaf_last) >= _LEAF_HINTS:
             self._leaf_last.clear()
         self._leaf_last[pb] = (new, last)
-        if not fs.salvage and fs.sb.has_incompat(INCOMPAT_FILETYPE):
-            slot = fs._parsed_block("leaf", rec, lb, pb, old)
-            if slot is not None and isinstance(slot.value, list):
-                slot.value = entries_after_insert(slot.value, new, pos, name, ino, ft, lb * bs, bs)
-                slot.data = new
+        self._patch_leaf_parse(rec, lb, pb, old,
+                               lambda entries: entries_after_insert(entries, new, pos, name, ino, ft, lb * bs, bs))
         return pb, pos
+
+    def _patch_leaf_parse(self, rec: Inode, lb: int, pb: int, old: bytes,
+                          edit: Callable[[list[DirEntry]], list[DirEntry] | None]) -> None:
+        """Carry the read side's parse of leaf ``lb`` (made from ``old``) across an edit of one entry.
+
+        Re-parsing a full leaf costs about a millisecond; ``edit`` gives the parse of the new
+        bytes from the old one (None: unknown, the parse is dropped and made again when needed).
+        The read side still checks the slot against the block's bytes as always.
+        """
+        fs = self.fs
+        if fs.salvage or not fs.sb.has_incompat(INCOMPAT_FILETYPE):
+            return
+        slot = fs._parsed_block("leaf", rec, lb, pb, old)
+        if slot is None or not isinstance(slot.value, list):
+            return
+        entries = edit(slot.value)
+        if entries is None:
+            fs._parsed.pop(("leaf", rec.ino, lb))
+            return
+        slot.value = entries
+        slot.data = fs.cache.read(pb, "directory block", rec.ino)
 
     def _find_existing(self, rec: Inode, name: bytes) -> tuple[int, int, int, int]:
         """:meth:`_find`, with ENOENT when ``name`` is not there."""
@@ -1142,9 +1163,11 @@ class Writer:
         bs = fs.sb.block_size
         csum = fs.sb.metadata_csum
         pb, buf = self._dir_block(rec, lb)
+        old = bytes(buf)
         remove_from_block(buf, pos, bs, csum)
         set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
         self.txn.put(pb, buf)
+        self._patch_leaf_parse(rec, lb, pb, old, lambda entries: entries_after_remove(entries, lb * bs, pos))
         st = self._dirs.get(dir_ino)
         if st is not None:
             del st.names[name]
@@ -1161,9 +1184,12 @@ class Writer:
         rec = fs.inode(dir_ino)
         lb, pos, _old, _ft = hit
         pb, buf = self._dir_block(rec, lb)
+        old = bytes(buf)
         set_entry_inode(buf, pos, ino, ft)
         set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
         self.txn.put(pb, buf)
+        base = lb * fs.sb.block_size
+        self._patch_leaf_parse(rec, lb, pb, old, lambda entries: entries_after_retarget(entries, base, pos, ino, ft))
         st = self._dirs.get(dir_ino)
         if st is not None:
             st.names[name] = (lb, pos, ino, ft)
