@@ -41,7 +41,9 @@ from pathlib import Path
 
 
 def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
 
 
 def drop_caches() -> None:
@@ -49,7 +51,7 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def build_image(work: Path, size_mib: int, files: int) -> Path:
+def build_image(work: Path, size_mib: int, files: int, tar_mib: int) -> Path:
     tree = work / "tree"
     (tree / "small").mkdir(parents=True)
     for i in range(files):
@@ -59,7 +61,9 @@ def build_image(work: Path, size_mib: int, files: int) -> Path:
         for _ in range(size_mib):
             f.write(chunk)
     image = work / "base.img"
-    total = size_mib * 2 + files // 64 + 256
+    # The big file twice (read, then the write workload), the small files twice (4 KiB blocks each),
+    # the tar extract, and a quarter more for metadata, the journal and the reserved blocks.
+    total = (size_mib * 2 + files * 8 // 1024 + tar_mib * 2 + 256) * 5 // 4
     sh("mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{total}M")
     shutil.rmtree(tree)
     return image
@@ -261,8 +265,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="volfs-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         print(f"building a {args.size_mib} MiB file and {args.files} small files...", file=sys.stderr)
-        base = build_image(work, args.size_mib, args.files)
         tarball = source_tarball(work, args.tree)
+        base = build_image(work, args.size_mib, args.files, tarball.stat().st_size >> 20)
         for i in range(args.repeat):
             print(f"run {i + 1} of {args.repeat}", file=sys.stderr)
             runs.append(one_run(work, base, tarball, args.size_mib, args.files))
