@@ -947,16 +947,7 @@ class Filesystem:
         if rec.flags & EXT4_INLINE_DATA_FL:
             found = next((e for e in self._inline_entries(rec) if e.name == name), None)
         elif self._is_dx(rec):
-            if name == b"..":
-                found = self._linear_find(rec, name)  # in block 0, the scan's first stop
-            else:
-                try:
-                    found = self._dx_find(rec, name)
-                except CorruptError as exc:
-                    if exc.structure != "htree":
-                        raise
-                    # The kernel falls back to a linear scan when the index is unusable.
-                    found = self._linear_find(rec, name)
+            found = self._indexed_find(rec, name)
         else:
             # A linear directory: one pass builds its name index, then lookups are O(1).
             index = self._name_index(rec)
@@ -969,6 +960,18 @@ class Filesystem:
         if found is None:
             raise error(errno.ENOENT, f"no entry {name!r} in directory {dir_ino}")
         return found.ino
+
+    def _indexed_find(self, rec: Inode, name: bytes) -> DirEntry | None:
+        """``name`` in htree directory ``rec``: through the index, or by a scan where the kernel scans."""
+        if name == b"..":
+            return self._linear_find(rec, name)  # in block 0, the scan's first stop
+        try:
+            return self._dx_find(rec, name)
+        except CorruptError as exc:
+            if exc.structure != "htree":
+                raise
+            # The kernel falls back to a linear scan when the index is unusable.
+            return self._linear_find(rec, name)
 
     def _linear_find(self, rec: Inode, name: bytes) -> DirEntry | None:
         for e in self.readdir(rec.ino):

@@ -941,16 +941,7 @@ class Writer:
             return st.names.get(name)
         if rec.flags & EXT4_INDEX_FL:
             fs = self.fs
-            found = None
-            if fs._is_dx(rec):
-                try:
-                    found = fs._dx_find(rec, name)
-                except CorruptError as exc:
-                    if exc.structure != "htree":
-                        raise
-                    found = fs._linear_find(rec, name)
-            else:
-                found = fs._linear_find(rec, name)
+            found = fs._indexed_find(rec, name) if fs._is_dx(rec) else fs._linear_find(rec, name)
             if found is None:
                 return None
             bs = fs.sb.block_size
