@@ -89,3 +89,12 @@ def renameat2(old: str | os.PathLike[str], new: str | os.PathLike[str], flags: i
     at_fdcwd = -100
     rc = libc.renameat2(at_fdcwd, os.fsencode(old), at_fdcwd, os.fsencode(new), flags)
     return 0 if rc == 0 else ctypes.get_errno()
+
+
+def flip_bits(path: str | os.PathLike[str], offset: int, mask: int = 0xFF) -> None:
+    """XOR the byte at ``offset`` of file ``path`` with ``mask``: a corruption made on purpose."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ mask]))

@@ -21,6 +21,7 @@ from volfs.ext4.superblock import SUPERBLOCK
 from volfs.ext4.xattr import XATTR_HEADER
 
 import ext4_images as images
+from testsupport import flip_bits
 
 
 def _walk_all(fs: Filesystem, budget: float = 5.0) -> int:
@@ -84,14 +85,6 @@ def test_structs_round_trip(variant: str, image_factory: Callable[[str], Path]) 
 
 # --- checksums and salvage ----------------------------------------------------------------------------
 
-def _flip(image: Path, offset: int) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x40]))
-
-
 def _locations(image: Path) -> dict[str, int]:
     with Filesystem.open(image) as fs:
         bs = fs.block_size
@@ -113,7 +106,7 @@ def _locations(image: Path) -> dict[str, int]:
 @pytest.mark.parametrize("what", ["superblock", "group descriptor", "inode", "directory block", "xattr block"])
 def test_checksum_mismatch_is_named_and_salvage_reads_past(what: str, image_copy: Callable[[str], Path]) -> None:
     image = image_copy("default")
-    _flip(image, _locations(image)[what])
+    flip_bits(image, _locations(image)[what], 0x40)
     with pytest.raises(CorruptError) as info:
         with Filesystem.open(image) as fs:
             _walk_all(fs)
@@ -129,7 +122,7 @@ def test_bitmap_checksums(image_copy: Callable[[str], Path]) -> None:
     with Filesystem.open(image) as fs:
         fs.verify_bitmaps()
         bb = fs.group_desc(0).block_bitmap * fs.block_size
-    _flip(image, bb + 3)
+    flip_bits(image, bb + 3, 0x40)
     with Filesystem.open(image) as fs:
         with pytest.raises(CorruptError, match="block bitmap"):
             fs.verify_bitmaps()

@@ -12,17 +12,9 @@ from volfs.backend import Ino, OpenFlags, SetAttr
 from volfs.backends.ext4 import Ext4Backend
 from volfs.errors import VolfsError
 from volfs.ext4 import Filesystem
-from testsupport import e2fsck_clean
+from testsupport import e2fsck_clean, flip_bits
 
 ROOT = Ino(2)
-
-
-def _flip(image: Path, offset: int) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def _block_bitmap(image: Path) -> tuple[int, int]:
@@ -59,7 +51,7 @@ def test_refused_and_the_corrupt_block_is_left_alone(make_image: Callable[..., P
                                                      operation: Callable[[Ext4Backend], None]) -> None:  # fmt: skip
     image = make_image("default")
     block, bs = locate(image)
-    _flip(image, block * bs + 100)  # the block's content no longer matches its checksum
+    flip_bits(image, block * bs + 100)  # the block's content no longer matches its checksum
     corrupt = image.read_bytes()[block * bs : (block + 1) * bs]
     b = Ext4Backend(image, readonly=False)
     with pytest.raises(VolfsError) as info:
@@ -206,7 +198,7 @@ def test_more_structures_refused_and_left_alone(make_image: Callable[..., Path],
     _prepare(image, _build_victims)
     e2fsck_clean(image)
     start, length, where = locate(image)
-    _flip(image, where)
+    flip_bits(image, where)
     before = image.read_bytes()
     b = Ext4Backend(image, readonly=False)
     with pytest.raises(VolfsError) as info:
