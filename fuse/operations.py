@@ -31,7 +31,7 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pyfuse3
 
@@ -43,6 +43,16 @@ __all__ = ["VolfsOperations"]
 log = logging.getLogger("volfs.fuse")
 
 _DOT_ENTRIES = 2  # "." and ".." take FUSE readdir offsets 1 and 2
+_CAPS = b"security.capability"
+
+
+class _Writer(NamedTuple):
+    """Who opened a write-only (direct) handle, for dropping privileges on its writes."""
+
+    ino: Ino
+    privileged: bool  # opened by root: taken as holding CAP_FSETID
+    gid: int
+    pid: int
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -85,6 +95,7 @@ class VolfsOperations(pyfuse3.Operations):
         self._timeout = 60.0 if exclusive else 1.0
         self._dirs: dict[int, Ino] = {}
         self._next_dir_handle = 1
+        self._direct: dict[int, _Writer] = {}  # write-only (direct) handles
 
     # -- inode numbers and attributes ---------------------------------------
 
@@ -295,14 +306,80 @@ class VolfsOperations(pyfuse3.Operations):
 
     # -- files --------------------------------------------------------------
 
-    def _file_info(self, fh: FileHandle) -> pyfuse3.FileInfo:
+    def _file_info(self, fh: FileHandle, ino: Ino, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        # Write-only opens bypass the page cache (FOPEN_DIRECT_IO): such an fd
+        # can never be read or mmapped, and a cached write(2) costs a GETXATTR
+        # of security.capability on every call (the kernel's file_remove_privs)
+        # where the direct path sends only the WRITE. The kernel keeps other
+        # opens' cached pages coherent (it writes dirty pages back before a
+        # direct write and drops the range after it). The direct path leaves
+        # dropping privileges to the server: see _kill_privs.
+        write_only = (flags & os.O_ACCMODE) == os.O_WRONLY
+        if write_only:
+            self._direct[fh] = _Writer(ino, ctx.uid == 0, ctx.gid, ctx.pid)
         # The page cache may keep a file's pages across opens only when no
         # one else can change the storage behind this mount.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self._exclusive)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self._exclusive, direct_io=write_only)
+
+    def _kill_privs(self, fh: int) -> None:
+        """What the kernel's file_remove_privs does before a write, for a write-only (direct) handle.
+
+        Any write drops the file's capabilities (security.capability); one by a
+        writer without CAP_FSETID also clears set-user-ID, and set-group-ID
+        when the group may execute or the writer is outside the file's group
+        (setattr_should_drop_sgid; ext4 does so, the FUSE module's own cached
+        path still uses only the older group-executable rule). On the cached
+        path the kernel does this itself; on the direct path it only flags the
+        WRITE, and pyfuse3 does not pass the flag on, so "lacks CAP_FSETID" is
+        taken to mean "the opener was not root".
+        """
+        w = self._direct[fh]
+        try:
+            self._drop_caps(w.ino)
+            if not w.privileged:
+                self._drop_set_id(w, fh)
+        except PermissionError:
+            # Only a directory volume served by an unprivileged daemon can
+            # refuse; there the host kernel drops them itself when the daemon
+            # writes the host file.
+            pass
+
+    def _drop_caps(self, ino: Ino) -> None:
+        try:
+            self._backend.getxattr(ino, _CAPS)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+        else:
+            self._backend.removexattr(ino, _CAPS)
+
+    def _drop_set_id(self, w: _Writer, fh: int) -> None:
+        ino = w.ino
+        attr = self._backend.getattr(ino)
+        mode = attr.mode
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not self._in_group(w, self._ids.host_gid(attr.gid))):
+            kill |= stat.S_ISGID
+        if kill:
+            self._backend.setattr(ino, SetAttr(mode=stat.S_IMODE(mode) & ~kill), FileHandle(fh))
+            # The kernel still caches the old mode (a WRITE reply invalidates
+            # only size and times). Attributes only: no page is dropped, so
+            # this cannot wait on writeback (which is off anyway).
+            pyfuse3.invalidate_inode(self._f(ino), attr_only=True)
+
+    @staticmethod
+    def _in_group(w: _Writer, gid: int) -> bool:
+        if w.gid == gid:
+            return True
+        try:
+            return gid in pyfuse3.get_sup_groups(w.pid)
+        except OSError:  # the opener is gone: not known to be in the group, so drop the bit
+            return False
 
     @_op
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return self._file_info(self._backend.open(self._b(inode), OpenFlags.from_os(flags)))
+        ino = self._b(inode)
+        return self._file_info(self._backend.open(ino, OpenFlags.from_os(flags)), ino, flags, ctx)
 
     @_op
     async def create(
@@ -312,7 +389,7 @@ class VolfsOperations(pyfuse3.Operations):
         uid, gid = self._owner(ctx)
         perm = stat.S_IMODE(mode) & ~ctx.umask
         fh, attr = self._backend.create(self._b(parent_inode), name, perm, OpenFlags.from_os(flags), uid, gid)
-        return self._file_info(fh), self._entry(attr)
+        return self._file_info(fh, attr.ino, flags, ctx), self._entry(attr)
 
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -320,6 +397,8 @@ class VolfsOperations(pyfuse3.Operations):
 
     @_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if fh in self._direct:
+            self._kill_privs(fh)
         return self._backend.write(FileHandle(fh), off, buf)
 
     @_op
@@ -338,6 +417,7 @@ class VolfsOperations(pyfuse3.Operations):
 
     @_op
     async def release(self, fh: int) -> None:
+        self._direct.pop(fh, None)
         self._backend.release(FileHandle(fh))
 
     # -- extended attributes ------------------------------------------------
