@@ -89,10 +89,17 @@ def _tell(ready_fd: int | None, failure: OSError | None = None) -> None:
         os.close(ready_fd)
 
 
-async def _serve_until_done() -> bool:
+async def _serve_until_done(ops: VolfsOperations) -> bool:
     """Run the FUSE loop; True if a signal (not an unmount) ended it."""
     signalled = False
     async with trio.open_nursery() as nursery:
+
+        async def drain_when_idle() -> None:
+            # Bytes a writer left in a write-behind run go to the volume within about a second
+            # even if no other request comes (every other request drains the run anyway).
+            while True:
+                await trio.sleep(1.0)
+                ops.drain()
 
         async def watch_signals() -> None:
             nonlocal signalled
@@ -103,6 +110,7 @@ async def _serve_until_done() -> bool:
                     return
 
         nursery.start_soon(watch_signals)
+        nursery.start_soon(drain_when_idle)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
     return signalled
@@ -138,12 +146,15 @@ def serve(args: dict[str, Any], ready_fd: int | None) -> int:
             _tell(ready_fd)
             ready_fd = None
             log.info("serving volume %s at %s", name, mountpoint)
-            unmount = trio.run(_serve_until_done)
+            unmount = trio.run(_serve_until_done, ops)
         finally:
             pyfuse3.close(unmount=unmount)
     finally:
         try:
-            backend.close()
+            try:
+                ops.drain()  # a failure is logged: no handle is left to report it to
+            finally:
+                backend.close()
         finally:
             lock.release()
             remove_record(home, name, os.getpid())

@@ -37,6 +37,7 @@ import pyfuse3
 
 from volfs.backend import NAME_MAX, Attr, Backend, FileHandle, Ino, OpenFlags, RenameFlags, SetAttr
 from volfs_fuse.idmap import IdMap
+from volfs_fuse.writebehind import WriteBehind
 
 __all__ = ["VolfsOperations"]
 
@@ -54,14 +55,23 @@ class _Writer(NamedTuple):
     gid: int
     pid: int
 
+
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def _op(fn: F) -> F:
-    """Turn every exception of a handler into a FUSEError (see the module header)."""
+    """Turn every exception of a handler into a FUSEError (see the module header).
+
+    Every request but a WRITE first drains a pending write-behind run, so it
+    sees the run written (see writebehind.py); ``write`` decides itself.
+    """
+    drains = fn.__name__ != "write"
 
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
+        behind = args[0]._behind
+        if drains and behind is not None and behind.run is not None:
+            behind.drain()
         try:
             return await fn(*args)
         except pyfuse3.FUSEError:
@@ -96,6 +106,8 @@ class VolfsOperations(pyfuse3.Operations):
         self._dirs: dict[int, Ino] = {}
         self._next_dir_handle = 1
         self._direct: dict[int, _Writer] = {}  # write-only (direct) handles
+        # Write-behind only where nothing but this daemon can look at the storage.
+        self._behind = WriteBehind(backend) if exclusive and not backend.readonly else None
 
     # -- inode numbers and attributes ---------------------------------------
 
@@ -397,8 +409,25 @@ class VolfsOperations(pyfuse3.Operations):
 
     @_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        behind = self._behind
         if fh in self._direct:
+            if behind is not None:
+                failed = behind.take_error(fh)
+                if failed is not None:
+                    raise failed
+                if behind.extend(fh, off, buf):
+                    return len(buf)
+                behind.drain()
+                failed = behind.take_error(fh)
+                if failed is not None:
+                    raise failed
+            # A run starts only here, so this runs before each run's first byte; nothing can
+            # change the file's mode or xattrs before the run drains (any request drains it).
             self._kill_privs(fh)
+            if behind is not None and behind.start(fh, self._direct[fh].ino, off, buf):
+                return len(buf)
+        elif behind is not None:
+            behind.drain()
         return self._backend.write(FileHandle(fh), off, buf)
 
     @_op
@@ -413,12 +442,22 @@ class VolfsOperations(pyfuse3.Operations):
 
     @_op
     async def fsync(self, fh: int, datasync: bool) -> None:
+        failed = self._behind.take_error(fh) if self._behind is not None else None
+        if failed is not None:
+            raise failed
         self._backend.fsync(FileHandle(fh), datasync)
 
     @_op
     async def release(self, fh: int) -> None:
         self._direct.pop(fh, None)
+        if self._behind is not None:
+            self._behind.forget(fh)
         self._backend.release(FileHandle(fh))
+
+    def drain(self) -> None:
+        """Write out a pending write-behind run now (the daemon calls this when idle and before closing)."""
+        if self._behind is not None:
+            self._behind.drain()
 
     # -- extended attributes ------------------------------------------------
 

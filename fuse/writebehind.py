@@ -1,0 +1,119 @@
+"""Write-behind: consecutive appends through one write-only handle reach the backend as one write.
+
+A write-only open bypasses the page cache (see ``VolfsOperations._file_info``),
+so every ``write(2)`` arrives as its own WRITE request: ``tar`` sends 10 KiB at
+a time, and each backend write of a disk volume is a block allocation, an
+extent edit and an inode store. This module keeps at most one *run*: bytes
+acknowledged to the kernel but not yet given to the backend, all for one
+handle and contiguous, starting at the end of the file. The run is written
+out ("drained") before the daemon handles any other request, so every other
+request, of any process, sees exactly the state it would have seen without
+the run. The only thing a run changes is when the backend does the work, and
+so when a failure of that work can be reported:
+
+- ENOSPC cannot happen at the drain: a run starts only with the whole run's
+  size (plus room for extent-tree growth) free, and nothing else allocates
+  before the drain, because any other request drains first.
+- Any other failure (EIO, a corrupt structure: EUCLEAN) is logged and reported
+  by the next ``write`` or ``fsync`` on that handle, as the kernel reports a
+  failed writeback at the next fsync. A ``close`` without ``fsync`` does not
+  see it, as on ext4.
+
+Only mounts that are the storage's sole writer use it (a disk volume): there,
+nothing outside the daemon can look at the storage while a run is pending.
+The daemon also drains about once a second, so an idle writer's bytes do not
+wait for the next request.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from volfs.backend import Backend, FileHandle, Ino
+
+__all__ = ["WriteBehind"]
+
+log = logging.getLogger("volfs.fuse")
+
+RUN_MAX = 1 << 20
+"""The most bytes a run holds before it is written out (the backend gets one write of at most this)."""
+
+SPARE_BLOCKS = 16
+"""Free blocks a run leaves for the extent-tree blocks its write may add (a leaf split at each level)."""
+
+_LARGEST_START = 1 << 40
+"""Runs start only below this offset, so that the backend's EFBIG cannot be what the drain meets."""
+
+
+class _Run:
+    __slots__ = ("fh", "ino", "offset", "chunks", "size", "room")
+
+    def __init__(self, fh: int, ino: Ino, offset: int, room: int) -> None:
+        self.fh = fh
+        self.ino = ino
+        self.offset = offset
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.room = room
+
+
+class WriteBehind:
+    """At most one pending run of appended bytes for one handle (see the module header)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.run: _Run | None = None
+        self._errors: dict[int, OSError] = {}
+
+    def extend(self, fh: int, offset: int, data: bytes) -> bool:
+        """Add ``data`` to the pending run if it continues it and fits; False: the caller must drain."""
+        run = self.run
+        if run is None or run.fh != fh or offset != run.offset + run.size or run.size + len(data) > run.room:
+            return False
+        run.chunks.append(bytes(data))
+        run.size += len(data)
+        return True
+
+    def start(self, fh: int, ino: Ino, offset: int, data: bytes) -> bool:
+        """Begin a run with ``data`` if it appends at the end of the file and the space is free.
+
+        There must be no pending run. False: the caller writes ``data`` through
+        (which also reports ENOSPC at this very write).
+        """
+        assert self.run is None
+        if len(data) >= RUN_MAX or offset >= _LARGEST_START or self._backend.getattr(ino).size != offset:
+            return False
+        s = self._backend.statfs()
+        room = min(RUN_MAX, (s.bfree - SPARE_BLOCKS - 1) * s.bsize)  # -1: the block a partial tail may need
+        if room < len(data):
+            return False
+        run = _Run(fh, ino, offset, room)
+        run.chunks.append(bytes(data))
+        run.size = len(data)
+        self.run = run
+        return True
+
+    def drain(self) -> None:
+        """Give the pending run (if any) to the backend; a failure is kept for the run's handle, never raised."""
+        run = self.run
+        if run is None:
+            return
+        self.run = None
+        data = b"".join(run.chunks)
+        try:
+            done = self._backend.write(FileHandle(run.fh), run.offset, data)
+            if done != len(data):
+                raise OSError(errno.EIO, f"the backend wrote {done} of {len(data)} bytes")
+        except OSError as exc:
+            log.warning("write-behind of %d bytes at offset %d of inode %d failed (reported to the handle's "
+                        "next write or fsync): %s", len(data), run.offset, run.ino, exc)  # fmt: skip
+            self._errors.setdefault(run.fh, exc)
+
+    def take_error(self, fh: int) -> OSError | None:
+        """The failure of a drained run of ``fh`` not yet reported, once."""
+        return self._errors.pop(fh, None)
+
+    def forget(self, fh: int) -> None:
+        """``fh`` was released: a failure nobody asked about stays only in the log."""
+        self._errors.pop(fh, None)

@@ -1,0 +1,267 @@
+"""Write-behind of appends through write-only handles (fuse/writebehind.py).
+
+The handlers are driven directly (no kernel) over a real ext4 backend whose
+writes are counted, so each test can say exactly when bytes reach the
+backend: never later than the next request that is not a continuing WRITE.
+A real mount then fills a volume: ENOSPC must come from the write(2) that
+does not fit, and every byte acknowledged before it must be in the image
+(e2fsck clean, read back by the kernel).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fusemount.support import Mounter
+from testsupport import e2fsck_clean, loop_mount, need, need_root
+
+from volfs.backend import FileHandle, OpenFlags
+from volfs.backends.ext4 import Ext4Backend
+from volfs.ext4.mkfs import mkfs
+from volfs.sync import Volume
+
+try:
+    import pyfuse3
+    import trio
+
+    from volfs_fuse.idmap import IdMap
+    from volfs_fuse.operations import VolfsOperations
+    from volfs_fuse.writebehind import RUN_MAX
+except ImportError:  # the FUSE extra is not installed
+    pyfuse3 = None
+
+CTX = SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)  # what handlers read from a RequestContext
+CHUNK = 10240  # tar's record size
+
+
+class Counting:
+    """The backend, with its writes recorded as (offset, length)."""
+
+    def __init__(self, backend: Ext4Backend) -> None:
+        self._b = backend
+        self.writes: list[tuple[int, int]] = []
+        self.fail: OSError | None = None
+
+    def write(self, fh: FileHandle, offset: int, data: bytes) -> int:
+        if self.fail is not None:
+            raise self.fail
+        self.writes.append((offset, len(data)))
+        return self._b.write(fh, offset, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._b, name)
+
+
+class Harness:
+    def __init__(self, image: Path, exclusive: bool = True) -> None:
+        self.engine = Ext4Backend(image, readonly=False)
+        self.backend = Counting(self.engine)
+        self.ops = VolfsOperations(self.backend, IdMap((0, 0)), exclusive=exclusive)  # type: ignore[arg-type]
+
+    def call(self, name: str, *args: Any) -> Any:
+        return trio.run(getattr(self.ops, name), *args)
+
+    def create(self, name: bytes, flags: int = os.O_WRONLY) -> tuple[int, int]:
+        info, attr = self.call("create", 1, name, 0o644, flags | os.O_CREAT, CTX)
+        return info.fh, attr.st_ino
+
+    def content(self, ino: int) -> bytes:
+        fh = self.engine.open(ino, OpenFlags.READ)
+        try:
+            return self.engine.read(fh, 0, 1 << 30)
+        finally:
+            self.engine.release(fh)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    need(pyfuse3 is not None, "pyfuse3 is not installed")
+    image = tmp_path / "img.raw"
+    mkfs(image, 64 << 20)
+    h = Harness(image)
+    yield h
+    h.engine.close()
+    e2fsck_clean(image)
+
+
+def chunks(n: int, seed: int = 0) -> list[bytes]:
+    return [bytes([(seed + i) % 251]) * CHUNK for i in range(n)]
+
+
+def test_appends_reach_the_backend_as_one_write(harness: Harness) -> None:
+    fh, ino = harness.create(b"f")
+    data = chunks(8)
+    for i, c in enumerate(data):
+        assert harness.call("write", fh, i * CHUNK, c) == CHUNK
+    assert harness.backend.writes == []  # all pending
+    attr = harness.call("getattr", ino, CTX)  # any other request drains first
+    assert harness.backend.writes == [(0, 8 * CHUNK)]
+    assert attr.st_size == 8 * CHUNK
+    assert harness.content(ino) == b"".join(data)
+    harness.call("release", fh)
+
+
+@pytest.mark.parametrize("request_name", ["lookup", "getattr", "setattr", "read", "fsync", "release", "statfs",
+                                          "listxattr", "unlink", "forget"])  # fmt: skip
+def test_every_other_request_drains_first(harness: Harness, request_name: str) -> None:
+    fh, ino = harness.create(b"f")
+    other_fh, other_ino = harness.create(b"g", os.O_RDWR)
+    harness.call("write", fh, 0, b"x" * CHUNK)
+    assert harness.backend.writes == []
+    calls = {
+        "lookup": lambda: harness.call("lookup", 1, b"f", CTX),
+        "getattr": lambda: harness.call("getattr", other_ino, CTX),
+        "setattr": lambda: harness.call("setattr", other_ino, _attrs(mode=0o600), _fields(update_mode=True), None, CTX),
+        "read": lambda: harness.call("read", other_fh, 0, 10),
+        "fsync": lambda: harness.call("fsync", other_fh, False),
+        "release": lambda: harness.call("release", other_fh),
+        "statfs": lambda: harness.call("statfs", CTX),
+        "listxattr": lambda: harness.call("listxattr", other_ino, CTX),
+        "unlink": lambda: harness.call("unlink", 1, b"g", CTX),
+        "forget": lambda: harness.call("forget", [(other_ino, 1)]),
+    }
+    calls[request_name]()
+    assert harness.backend.writes == [(0, CHUNK)]
+    assert harness.engine.getattr(ino).size == CHUNK
+    assert harness.content(ino) == b"x" * CHUNK
+
+
+def _attrs(**kw: int) -> Any:
+    a = pyfuse3.EntryAttributes()
+    for k, v in kw.items():
+        setattr(a, f"st_{k}", v)
+    return a
+
+
+def _fields(**kw: bool) -> Any:
+    """What setattr reads from pyfuse3's SetattrFields (whose attributes are read-only)."""
+    names = ("update_atime", "update_mtime", "update_ctime", "update_mode", "update_uid", "update_gid", "update_size")
+    return SimpleNamespace(**{n: kw.get(n, False) for n in names})
+
+
+def test_write_through_another_handle_keeps_order(harness: Harness) -> None:
+    """A pending run is written before another handle's overlapping write, so the later write wins."""
+    fh, ino = harness.create(b"f")
+    harness.call("write", fh, 0, b"a" * CHUNK)
+    harness.call("write", fh, CHUNK, b"a" * CHUNK)
+    info = harness.call("open", ino, os.O_RDWR, CTX)
+    harness.call("write", info.fh, 5000, b"b" * 100)
+    want = bytearray(b"a" * 2 * CHUNK)
+    want[5000:5100] = b"b" * 100
+    assert harness.content(ino) == bytes(want)
+    # And a second write-only handle of the same file, too.
+    fh2 = harness.call("open", ino, os.O_WRONLY, CTX).fh
+    harness.call("write", fh, 2 * CHUNK, b"c" * CHUNK)
+    harness.call("write", fh2, 2 * CHUNK + 10, b"d" * 10)
+    harness.call("getattr", ino, CTX)
+    want += b"c" * CHUNK
+    want[2 * CHUNK + 10 : 2 * CHUNK + 20] = b"d" * 10
+    assert harness.content(ino) == bytes(want)
+
+
+def test_only_appends_at_the_end_wait(harness: Harness) -> None:
+    """A run starts only at the end of the file and below RUN_MAX; anything else is written at once."""
+    fh, ino = harness.create(b"f")
+    harness.call("write", fh, 0, b"a" * CHUNK)
+    harness.call("getattr", ino, CTX)
+    harness.backend.writes.clear()
+    harness.call("write", fh, 100, b"b" * 10)  # an overwrite inside the file
+    assert harness.backend.writes == [(100, 10)]
+    harness.call("write", fh, 1 << 20, b"c" * 10)  # past the end: a hole
+    assert harness.backend.writes[-1] == (1 << 20, 10)
+    harness.call("write", fh, (1 << 20) + 10, b"d" * RUN_MAX)  # too big to wait
+    assert harness.backend.writes[-1] == ((1 << 20) + 10, RUN_MAX)
+    n = len(harness.backend.writes)
+    harness.call("write", fh, (1 << 20) + 10 + RUN_MAX, b"e" * (RUN_MAX - 1))
+    harness.call("write", fh, (1 << 20) + 10 + 2 * RUN_MAX - 1, b"f" * 2)  # would overflow the run: drains it
+    assert harness.backend.writes[n:] == [((1 << 20) + 10 + RUN_MAX, RUN_MAX - 1)]
+    harness.call("release", fh)
+    assert harness.backend.writes[-1] == ((1 << 20) + 10 + 2 * RUN_MAX - 1, 2)
+
+
+def test_read_write_and_directory_mounts_do_not_wait(tmp_path: Path) -> None:
+    need(pyfuse3 is not None, "pyfuse3 is not installed")
+    image = tmp_path / "img.raw"
+    mkfs(image, 16 << 20)
+    for exclusive, flags, expect in ((True, os.O_RDWR, 1), (False, os.O_WRONLY, 1), (True, os.O_WRONLY, 0)):
+        h = Harness(image, exclusive=exclusive)
+        try:
+            fh, _ = h.create(f"f-{exclusive}-{flags}".encode(), flags)
+            h.call("write", fh, 0, b"x" * 100)
+            assert len(h.backend.writes) == expect, (exclusive, flags)
+            h.call("release", fh)
+        finally:
+            h.engine.close()
+
+
+def test_a_failed_drain_is_reported_by_the_next_write_or_fsync(harness: Harness, caplog: Any) -> None:
+    fh, ino = harness.create(b"f")
+    harness.call("write", fh, 0, b"x" * CHUNK)
+    harness.backend.fail = OSError(errno.EIO, "device error")
+    harness.call("getattr", ino, CTX)  # drains; the failure must not become this request's error
+    harness.backend.fail = None
+    assert "write-behind" in caplog.text
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        harness.call("write", fh, CHUNK, b"y" * 10)
+    assert err.value.errno == errno.EIO
+    harness.call("fsync", fh, False)  # reported once
+    harness.call("write", fh, 0, b"z" * 10)  # the file is empty again: a new run
+    harness.backend.fail = OSError(errno.EUCLEAN, "corrupt")
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        harness.call("write", fh, 100, b"w")  # not contiguous: drains its own run first, which fails
+    assert err.value.errno == errno.EUCLEAN
+    harness.backend.fail = None
+    harness.call("fsync", fh, False)
+    harness.call("write", fh, 0, b"v" * 10)
+    harness.backend.fail = OSError(errno.EIO, "device error")
+    harness.call("release", fh)  # drains, fails: only the log knows (a close without fsync, as on ext4)
+    harness.backend.fail = None
+    assert harness.ops._behind.take_error(fh) is None  # type: ignore[attr-defined]  # forgotten with the handle
+
+
+def test_idle_drain(harness: Harness) -> None:
+    """What the daemon's once-a-second task calls."""
+    fh, ino = harness.create(b"f")
+    harness.call("write", fh, 0, b"x" * 100)
+    assert harness.backend.writes == []
+    harness.ops.drain()
+    assert harness.backend.writes == [(0, 100)]
+    harness.ops.drain()  # nothing pending: nothing happens
+    assert harness.backend.writes == [(0, 100)]
+    harness.call("release", fh)
+
+
+def test_enospc_comes_from_the_write_that_does_not_fit(home: Path, mounter: Mounter, tmp_path: Path) -> None:
+    need_root("the kernel reads the image back")
+    vol = Volume.create("full", home=home, kind="disk", size_mib=16)
+    mp = Path(mounter("full").mountpoint)
+    acked = 0
+    fd = os.open(mp / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pattern = bytes(range(256)) * (CHUNK // 256)
+    try:
+        while True:
+            try:
+                acked += os.write(fd, pattern)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        assert acked > 8 << 20  # most of the volume was written before the refusal
+        os.fsync(fd)  # nothing failed later than the write that reported it
+    finally:
+        os.close(fd)
+    assert os.stat(mp / "big").st_size == acked
+    from volfs.home import resolve_home
+    from volfs.mounts import unmount
+
+    unmount(resolve_home(home), "full")
+    e2fsck_clean(vol.disk_path)
+    with loop_mount(vol.disk_path) as seen:
+        got = (seen / "big").read_bytes()
+    assert len(got) == acked
+    assert got == (pattern * (acked // len(pattern) + 1))[:acked]
