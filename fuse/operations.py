@@ -63,15 +63,18 @@ def _op(fn: F) -> F:
     """Turn every exception of a handler into a FUSEError (see the module header).
 
     Every request but a WRITE first drains a pending write-behind run, so it
-    sees the run written (see writebehind.py); ``write`` decides itself.
+    sees the run written, and is charged against the write-behind's bound on
+    free space (see writebehind.py); ``write`` does both itself.
     """
     drains = fn.__name__ != "write"
 
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
         behind = args[0]._behind
-        if drains and behind is not None and behind.run is not None:
-            behind.drain()
+        if drains and behind is not None:
+            if behind.run is not None:
+                behind.drain()
+            behind.charge()
         try:
             return await fn(*args)
         except pyfuse3.FUSEError:
@@ -428,6 +431,8 @@ class VolfsOperations(pyfuse3.Operations):
                 return len(buf)
         elif behind is not None:
             behind.drain()
+        if behind is not None:
+            behind.charge_write(len(buf))
         return self._backend.write(FileHandle(fh), off, buf)
 
     @_op

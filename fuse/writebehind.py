@@ -11,9 +11,13 @@ request, of any process, sees exactly the state it would have seen without
 the run. The only thing a run changes is when the backend does the work, and
 so when a failure of that work can be reported:
 
-- ENOSPC cannot happen at the drain: a run starts only with the whole run's
-  size (plus room for extent-tree growth) free, and nothing else allocates
-  before the drain, because any other request drains first.
+- ENOSPC cannot happen at the drain: a run starts only when the whole run
+  (plus room for extent-tree growth) is known to be free, and nothing else
+  allocates before the drain, because any other request drains first. "Known"
+  is a lower bound on the free blocks, so that a run does not cost a statfs
+  (which sums every block group): the bound is measured, then lowered by an
+  upper bound of what each request since may have allocated, and measured
+  again only when it is too low for a run.
 - Any other failure (EIO, a corrupt structure: EUCLEAN) is logged and reported
   by the next ``write`` or ``fsync`` on that handle, as the kernel reports a
   failed writeback at the next fsync. A ``close`` without ``fsync`` does not
@@ -39,8 +43,10 @@ log = logging.getLogger("volfs.fuse")
 RUN_MAX = 1 << 20
 """The most bytes a run holds before it is written out (the backend gets one write of at most this)."""
 
-SPARE_BLOCKS = 16
-"""Free blocks a run leaves for the extent-tree blocks its write may add (a leaf split at each level)."""
+REQUEST_BLOCKS = 32
+"""At least what any request but a write can allocate: a directory insert that splits an htree leaf and
+its index and deepens the directory's extent tree (at most 5 levels), plus a new inode's own block (a
+directory's, a long symlink's) and an inherited ACL's xattr block: about 15; doubled."""
 
 _LARGEST_START = 1 << 40
 """Runs start only below this offset, so that the backend's EFBIG cannot be what the drain meets."""
@@ -65,6 +71,36 @@ class WriteBehind:
         self._backend = backend
         self.run: _Run | None = None
         self._errors: dict[int, OSError] = {}
+        self._floor: int | None = None  # at most this many blocks are free (None: not measured yet)
+        self._bsize = 4096
+
+    def _blocks_for(self, nbytes: int) -> int:
+        """At least the blocks a write of ``nbytes`` can allocate: its data blocks (one more when it
+        straddles block edges), an extent per block at worst and the tree blocks they fill, REQUEST_BLOCKS."""
+        n = -(-nbytes // self._bsize) + 1
+        return n + n // 32 + REQUEST_BLOCKS
+
+    def charge(self, blocks: int = REQUEST_BLOCKS) -> None:
+        """A request that may allocate up to ``blocks`` is about to run: lower the free bound."""
+        if self._floor is not None:
+            self._floor -= blocks
+
+    def charge_write(self, nbytes: int) -> None:
+        """A write of ``nbytes`` is about to go to the backend directly."""
+        self.charge(self._blocks_for(nbytes))
+
+    def _room(self, nbytes: int) -> int:
+        """How large a run may grow, 0 if it cannot even hold ``nbytes``."""
+        if self._floor is None or self._floor < self._blocks_for(RUN_MAX):
+            s = self._backend.statfs()
+            self._bsize, self._floor = s.bsize, s.bfree
+        floor = self._floor
+        if floor >= self._blocks_for(RUN_MAX):
+            return RUN_MAX
+        room = min(RUN_MAX, max(floor - REQUEST_BLOCKS - 2, 0) * 32 // 33 * self._bsize)
+        while room > 0 and self._blocks_for(room) > floor:
+            room -= self._bsize
+        return room if room >= nbytes else 0
 
     def extend(self, fh: int, offset: int, data: bytes) -> bool:
         """Add ``data`` to the pending run if it continues it and fits; False: the caller must drain."""
@@ -84,9 +120,8 @@ class WriteBehind:
         assert self.run is None
         if len(data) >= RUN_MAX or offset >= _LARGEST_START or self._backend.getattr(ino).size != offset:
             return False
-        s = self._backend.statfs()
-        room = min(RUN_MAX, (s.bfree - SPARE_BLOCKS - 1) * s.bsize)  # -1: the block a partial tail may need
-        if room < len(data):
+        room = self._room(len(data))
+        if not room:
             return False
         run = _Run(fh, ino, offset, room)
         run.chunks.append(bytes(data))
@@ -101,6 +136,7 @@ class WriteBehind:
             return
         self.run = None
         data = b"".join(run.chunks)
+        self.charge_write(len(data))
         try:
             done = self._backend.write(FileHandle(run.fh), run.offset, data)
             if done != len(data):

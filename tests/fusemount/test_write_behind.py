@@ -47,6 +47,11 @@ class Counting:
         self._b = backend
         self.writes: list[tuple[int, int]] = []
         self.fail: OSError | None = None
+        self.statfs_calls = 0
+
+    def statfs(self) -> Any:
+        self.statfs_calls += 1
+        return self._b.statfs()
 
     def write(self, fh: FileHandle, offset: int, data: bytes) -> int:
         if self.fail is not None:
@@ -223,6 +228,29 @@ def test_a_failed_drain_is_reported_by_the_next_write_or_fsync(harness: Harness,
     harness.call("release", fh)  # drains, fails: only the log knows (a close without fsync, as on ext4)
     harness.backend.fail = None
     assert harness.ops._behind.take_error(fh) is None  # type: ignore[attr-defined]  # forgotten with the handle
+
+
+def test_free_space_is_measured_only_when_the_bound_runs_low(harness: Harness) -> None:
+    """Runs do not each cost a statfs: the bound is measured once, then lowered per request and write."""
+    from volfs_fuse.writebehind import REQUEST_BLOCKS
+
+    for i in range(50):
+        fh, ino = harness.create(f"f{i}".encode())
+        harness.call("write", fh, 0, b"x" * CHUNK)
+        harness.call("write", fh, CHUNK, b"x" * CHUNK)
+        harness.call("release", fh)
+    assert harness.backend.statfs_calls == 1
+    assert len(harness.backend.writes) == 50
+    behind = harness.ops._behind  # type: ignore[attr-defined]
+    free = harness.engine.statfs().bfree
+    assert behind._floor <= free  # a lower bound ...
+    assert behind._floor < free - 150 * REQUEST_BLOCKS  # ... lowered by every request (create, release) and drain
+    behind._floor = behind._blocks_for(RUN_MAX) - 1  # as if the volume had filled up since
+    fh, ino = harness.create(b"again")
+    harness.call("write", fh, 0, b"x" * CHUNK)
+    assert harness.backend.statfs_calls == 2  # too low for a run: measured again
+    assert behind._floor == harness.engine.statfs().bfree
+    harness.call("release", fh)
 
 
 def test_idle_drain(harness: Harness) -> None:
