@@ -111,7 +111,10 @@ async def _serve_until_done(ops: VolfsOperations) -> bool:
 
         nursery.start_soon(watch_signals)
         nursery.start_soon(drain_when_idle)
-        await pyfuse3.main()
+        # One worker task: handlers never await (the backend is called directly), so a second worker
+        # could never run while one works, and pyfuse3 would otherwise start a task for nearly every
+        # request (none is left waiting for the next one) and end it afterwards.
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
         nursery.cancel_scope.cancel()
     return signalled
 
