@@ -21,6 +21,12 @@ pyfuse3 main loop and leave a dead mount.
 
 Backend calls are made directly from the trio thread: they are short local
 I/O, and the daemon serves one volume.
+
+Caching: reads and read-write opens use the kernel's page cache; write-only
+opens bypass it (``_file_info``), which makes dropping privileges on a write
+the daemon's job (``_kill_privs``); on a disk volume their appends are
+collected by the write-behind (writebehind.py), which every other request
+drains first (``_op``).
 """
 
 from __future__ import annotations
@@ -413,27 +419,26 @@ class VolfsOperations(pyfuse3.Operations):
     @_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         behind = self._behind
+        if behind is not None:
+            if behind.extend(fh, off, buf):  # continues this handle's pending run
+                return len(buf)
+            behind.drain()
+            self._raise_deferred(fh)
         if fh in self._direct:
-            if behind is not None:
-                failed = behind.take_error(fh)
-                if failed is not None:
-                    raise failed
-                if behind.extend(fh, off, buf):
-                    return len(buf)
-                behind.drain()
-                failed = behind.take_error(fh)
-                if failed is not None:
-                    raise failed
-            # A run starts only here, so this runs before each run's first byte; nothing can
-            # change the file's mode or xattrs before the run drains (any request drains it).
+            # Runs start only here, so privileges are dropped before each run's first byte, and
+            # nothing can change the file's mode or xattrs before the run drains (any request does).
             self._kill_privs(fh)
             if behind is not None and behind.start(fh, self._direct[fh].ino, off, buf):
                 return len(buf)
-        elif behind is not None:
-            behind.drain()
         if behind is not None:
             behind.charge_write(len(buf))
         return self._backend.write(FileHandle(fh), off, buf)
+
+    def _raise_deferred(self, fh: int) -> None:
+        """Report the failure of an earlier write-behind run of ``fh`` (once)."""
+        failed = self._behind.take_error(fh) if self._behind is not None else None
+        if failed is not None:
+            raise failed
 
     @_op
     async def flush(self, fh: int) -> None:
@@ -447,9 +452,7 @@ class VolfsOperations(pyfuse3.Operations):
 
     @_op
     async def fsync(self, fh: int, datasync: bool) -> None:
-        failed = self._behind.take_error(fh) if self._behind is not None else None
-        if failed is not None:
-            raise failed
+        self._raise_deferred(fh)
         self._backend.fsync(FileHandle(fh), datasync)
 
     @_op
