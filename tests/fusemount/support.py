@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from testsupport import need, need_tool
 
 from volfs.errors import VolfsError
 from volfs.home import resolve_home
+from volfs import mounts
 from volfs.mounts import MountOptions, MountRecord, mounted_at, mount, read_record, unmount
 from volfs.sync import Volume
 
@@ -44,3 +46,16 @@ def teardown(home: Path, name: str, mountpoint: Path) -> None:
 
 
 Mounter = Callable[..., MountRecord]
+
+
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    """Wait until daemon ``pid`` has exited (and reap it: it is this process's child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not mounts._pid_alive(pid):
+            child = mounts._children.pop(pid, None)
+            if child is not None:
+                child.wait()
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} still alive")

@@ -12,27 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from fusemount.support import Mounter, teardown
+from fusemount.support import Mounter, teardown, wait_gone
 
 import volfs
-from volfs import mounts
 from volfs.errors import VolfsError, VolumeBusy
 from volfs.home import resolve_home
 from volfs.mounts import MountOptions, mounted_at, read_record, unmount
 from volfs.sync import Volume
 
-
-def wait_gone(pid: int, timeout: float = 30) -> None:
-    """Wait until daemon ``pid`` has exited (and reap it: it is this process's child)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not mounts._pid_alive(pid):
-            child = mounts._children.pop(pid, None)
-            if child is not None:
-                child.wait()
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"pid {pid} still alive")
 
 
 def test_mount_write_unmount(home: Path, dir_mount: tuple[Path, Path]) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fusemount.support import Mounter
+from fusemount.support import Mounter, wait_gone
 from testsupport import e2fsck_clean, loop_mount, need, need_root
 
 from volfs.backend import FileHandle, OpenFlags
@@ -293,3 +294,63 @@ def test_enospc_comes_from_the_write_that_does_not_fit(home: Path, mounter: Moun
         got = (seen / "big").read_bytes()
     assert len(got) == acked
     assert got == (pattern * (acked // len(pattern) + 1))[:acked]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stopped_daemon_writes_the_pending_run(home: Path, mounter: Mounter, sig: str) -> None:
+    """Bytes acknowledged but still in a run when the daemon is told to stop reach the image."""
+    import signal
+
+    from volfs.home import resolve_home
+    from volfs.mounts import read_record
+
+    need_root("the kernel reads the image back")
+    vol = Volume.create("stop", home=home, kind="disk", size_mib=16)
+    mp = Path(mounter("stop").mountpoint)
+    rec = read_record(resolve_home(home), "stop")
+    assert rec is not None
+    data = b"".join(chunks(3, seed=7))
+    fd = os.open(mp / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for i in range(3):
+            assert os.write(fd, data[i * CHUNK : (i + 1) * CHUNK]) == CHUNK
+        os.kill(rec.pid, getattr(signal, sig))  # the file is still open: the run is pending
+        wait_gone(rec.pid)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the connection is gone
+    e2fsck_clean(vol.disk_path)
+    with loop_mount(vol.disk_path) as seen:
+        assert (seen / "f").read_bytes() == data
+
+
+def test_an_idle_run_is_drained_within_seconds(home: Path, mounter: Mounter) -> None:
+    """The daemon drains about once a second: an idle writer's bytes reach the image file (its data
+    blocks are written at once; the metadata waits for the commit) without any further request."""
+    from volfs.home import resolve_home
+    from volfs.mounts import read_record
+
+    Volume.create("idle", home=home, kind="disk", size_mib=16)
+    mp = Path(mounter("idle").mountpoint)
+    rec = read_record(resolve_home(home), "idle")
+    assert rec is not None
+
+    def written() -> int:  # bytes the daemon has passed to write(2)-like calls so far
+        for line in Path(f"/proc/{rec.pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no wchar in /proc/PID/io")
+
+    data = b"".join(chunks(4, seed=3))
+    fd = os.open(mp / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for i in range(4):
+            os.write(fd, data[i * CHUNK : (i + 1) * CHUNK])
+        before = written()
+        time.sleep(3)
+        assert written() - before >= len(data)
+    finally:
+        os.close(fd)
+    assert (mp / "f").read_bytes() == data
