@@ -15,6 +15,7 @@ reported as n/a, never guessed. The tar workload extracts ``--tree``
 
 Prints seconds per workload and the ratio to fuse2fs (volfs / fuse2fs: lower
 is better; the issue's target is at most 1.0) and to the kernel (the limit).
+``--only "tar extract,small-file create"`` runs only those workloads.
 ``--repeat N`` runs the three side by side N times (fresh image copies each
 time) and ends with the min / median / max of each volfs/fuse2fs ratio, since
 one run on a shared machine is one noisy sample. The daemons' CPU seconds per
@@ -151,8 +152,12 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+WORKLOADS = ("sequential read", "stat walk", "small-file read", "sequential write", "small-file create",
+             "tar extract")
+
+
 def workloads(mnt: Path, size_mib: int, files: int, tarball: Path,
-              cpu: dict[str, float | None]) -> dict[str, float | None]:
+              cpu: dict[str, float | None], only: frozenset[str]) -> dict[str, float | None]:
     """Seconds per workload; ``cpu`` receives the serving daemon's CPU seconds per workload."""
     out: dict[str, float | None] = {}
     pid = daemon_pid(mnt)
@@ -193,6 +198,8 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path,
     for name, fn, drop in (("sequential read", seq_read, True), ("stat walk", stat_walk, True),
                            ("small-file read", small_read, True), ("sequential write", seq_write, False),
                            ("small-file create", small_create, False), ("tar extract", tar_extract, False)):  # fmt: skip
+        if name not in only:
+            continue
         if drop:
             drop_caches()
         before = cpu_seconds(pid)
@@ -209,7 +216,7 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path,
 Run = tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]
 
 
-def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int) -> Run:
+def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int, only: frozenset[str]) -> Run:
     """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``.
 
     Returns (seconds, daemon CPU seconds), each by mount label and workload.
@@ -224,7 +231,7 @@ def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int) ->
         print(f"{label}...", file=sys.stderr)
         cpu[label] = {}
         with mounter(image, mnt) as m:
-            results[label] = workloads(m, size_mib, files, tarball, cpu[label])
+            results[label] = workloads(m, size_mib, files, tarball, cpu[label], only)
         image.unlink()
     return results, cpu
 
@@ -257,7 +264,12 @@ def main() -> int:
                              "a few thousand real source files)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="side-by-side runs; with more than one, the range of each ratio is printed too")
+    parser.add_argument("--only", default=",".join(WORKLOADS),
+                        help="comma-separated workloads to run (default: all): " + ", ".join(WORKLOADS))
     args = parser.parse_args()
+    only = frozenset(w.strip() for w in args.only.split(","))
+    if not only <= set(WORKLOADS):
+        parser.error(f"unknown workload(s): {', '.join(sorted(only - set(WORKLOADS)))}")
     if os.geteuid() != 0 or shutil.which("fuse2fs") is None:
         print("needs root and fuse2fs (apt-get install fuse2fs)", file=sys.stderr)
         return 2
@@ -269,7 +281,7 @@ def main() -> int:
         base = build_image(work, args.size_mib, args.files, tarball.stat().st_size >> 20)
         for i in range(args.repeat):
             print(f"run {i + 1} of {args.repeat}", file=sys.stderr)
-            runs.append(one_run(work, base, tarball, args.size_mib, args.files))
+            runs.append(one_run(work, base, tarball, args.size_mib, args.files, only))
             print(f"run {i + 1}:")
             print_run(runs[-1])
             sys.stdout.flush()
