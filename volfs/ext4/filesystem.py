@@ -501,6 +501,20 @@ class Filesystem:
                           csum_seed=None, block=block)
         self._inodes.put(ino, _InodeSlot(cache.epoch, block, data, offset, rec))
 
+    def install_desc(self, group: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:
+        """Cache ``desc`` as the decode of descriptor ``raw``, just put in ``block`` as part of ``data``.
+
+        The write side (the allocator) decoded what it wrote; the slot is
+        stamped with the current epoch and ``data``, the object the cache now
+        serves for ``block``, so from here on it is revalidated like any other
+        entry (see "Decoded caches").  Nothing is cached when the cache does
+        not serve ``data`` there.
+        """
+        if self.cache.read(block, "group descriptor") is not data:
+            self._descs.pop(group, None)
+            return
+        self._descs[group] = _DescSlot(self.cache.epoch, block, data, raw, desc)
+
     def _inode_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
         """(inode-table block, offset) of ``ino`` when :meth:`inode` would read it there, else None.
 
