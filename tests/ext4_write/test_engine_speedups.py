@@ -2,7 +2,11 @@
 
 Pinned here: the allocator's byte-level bitmap search against the integer
 definition (find_free_run over the bitmap with the transaction's freed blocks
-marked).  Every image ends e2fsck-clean.
+marked), the per-leaf name maps of htree lookups against a scan of the leaf,
+across every edit the write side patches them through and edits it is not
+told of, and the write side's reuse of the read side's parse of the htree
+index (checked like any cached parse: a changed block is parsed, and
+refused, again).  Every image ends e2fsck-clean.
 """
 
 from __future__ import annotations
@@ -15,10 +19,18 @@ from pathlib import Path
 import pytest
 
 from ext4_write.support import check
+from volfs.backend import Ino, OpenFlags
+from volfs.backends.ext4 import Ext4Backend
 from volfs.errors import VolfsError
 from volfs.ext4 import Filesystem
+from volfs.ext4 import filesystem as filesystem_mod
+from volfs.ext4 import writer as writer_mod
 from volfs.ext4.bitmap import fill_run, find_clear_run, find_free_run, run_is_set, set_bits
+from volfs.ext4.directory import DirEntry, is_dx_node_block, remove_from_block, set_leaf_csum
 from volfs.ext4.group import group_blocks, group_first_block
+from volfs.ext4.types import InodeNo
+
+ROOT = Ino(2)
 
 
 def _random_bitmap(rnd: random.Random, size: int) -> bytes:
@@ -154,4 +166,182 @@ def test_allocations_match_the_integer_search(variant: str, make_image: Callable
                 w.alloc.free_blocks(start, length)
             for ino in inodes:
                 w.alloc.free_inode(ino, False)
+    check(image)
+
+
+def _scan_leaf(fs: Filesystem, ino: int, lb: int) -> list[DirEntry]:
+    rec = fs.inode(ino)
+    pb, data = fs._dir_block(rec, lb)
+    return fs._leaf_entries(rec, lb, pb, data)
+
+
+def _check_name_maps(fs: Filesystem) -> int:
+    """Every leaf's name map is the map of its (fresh) parse; how many maps there are."""
+    maps = 0
+    for (kind, ino, lb), slot in list(fs._parsed._d.items()):
+        if kind != "leaf" or slot.names is None:
+            continue
+        rec = fs.inode(ino)
+        pb, data = fs._dir_block(rec, lb)
+        if fs._parsed_block("leaf", rec, lb, pb, data) is not slot:
+            continue  # stale: the next use parses again
+        fresh = _scan_leaf(fs, ino, lb)
+        assert slot.value == fresh
+        assert slot.names == {e.name: e for e in fresh} and len(slot.names) == len(fresh)
+        maps += 1
+    return maps
+
+
+@pytest.mark.parametrize("variant", ["default", "b1024", "nocsum"])
+def test_leaf_name_maps_follow_every_edit(variant: str, make_image: Callable[..., Path]) -> None:
+    """Creates, unlinks and renames in an htree directory, lookups in between: each leaf's name map
+    stays the map of the leaf, and every lookup answers as a scan of the directory."""
+    image = make_image(variant)
+    b = Ext4Backend(image, readonly=False)
+    fs = b.filesystem
+    rnd = random.Random(29)
+    d = b.mkdir(ROOT, b"h", 0o755, 0, 0).ino
+    names: list[bytes] = []
+    maps_seen = 0
+    for i in range(1500):
+        roll = rnd.random()
+        probe = names[rnd.randrange(len(names))] if names and rnd.random() < 0.5 else b"absent%d" % i
+        try:
+            found: int | None = b.lookup(d, probe).ino
+            b.forget(Ino(found), 1)
+        except VolfsError as exc:
+            assert exc.errno == errno.ENOENT
+            found = None
+        scan = {e.name: e.ino for e in fs.readdir(d)}
+        assert found == scan.get(probe), probe
+        if names and roll < 0.2:
+            b.unlink(d, names.pop(rnd.randrange(len(names))))
+        elif len(names) > 1 and roll < 0.3:  # over another name: a remove and a retarget
+            src = names.pop(rnd.randrange(len(names)))
+            b.rename(d, src, d, names[rnd.randrange(len(names))])
+        elif names and roll < 0.35:
+            src = names.pop(rnd.randrange(len(names)))
+            names.append(src + b"-r%d" % i)
+            b.rename(d, src, d, names[-1])
+        else:
+            name = bytes(rnd.choice(b"abcdefghij") for _ in range(rnd.randint(1, 40))) + b"%d" % i
+            fh, attr = b.create(d, name, 0o644, OpenFlags.WRITE, 0, 0)
+            b.release(fh)
+            b.forget(attr.ino, 1)
+            names.append(name)
+        if i % 50 == 0:
+            maps_seen += _check_name_maps(fs)
+    assert fs.inode(d).flags & 0x1000, "the directory did not get an htree index"
+    assert maps_seen > 0, "no leaf name map was ever made: the test checks nothing"
+    for name in names:
+        assert fs.lookup_ino(d, name) == {e.name: e.ino for e in fs.readdir(d)}[name]
+    b.close()
+    check(image)
+
+
+def _htree_dir(b: Ext4Backend, name: bytes, count: int) -> Ino:
+    d = b.mkdir(ROOT, name, 0o755, 0, 0).ino
+    for i in range(count):
+        fh, a = b.create(d, b"e%05d" % i, 0o644, OpenFlags.WRITE, 0, 0)
+        b.release(fh)
+        b.forget(a.ino)
+    assert b.filesystem.inode(d).flags & 0x1000
+    return d
+
+
+def test_name_maps_see_a_leaf_changed_behind_their_back(make_image: Callable[..., Path]) -> None:
+    """An entry removed from a leaf by a write the engine is not told of is gone for the next lookup."""
+    image = make_image("default")
+    b = Ext4Backend(image, readonly=False)
+    fs = b.filesystem
+    d = _htree_dir(b, b"h", 800)
+    target = b"e00123"
+    assert fs.lookup_ino(d, target)  # (makes the leaf's name map)
+    entry = next(e for e in fs.readdir(d) if e.name == target)
+    bs = fs.block_size
+    rec = fs.inode(d)
+    lb, pos = divmod(entry.offset, bs)
+    slot = fs._parsed.get(("leaf", d, lb))
+    assert slot is not None and slot.names is not None and target in slot.names
+    pb = fs.runlist(rec).map(lb)
+    assert pb is not None
+    txn = fs.writer.txn
+    txn.begin()
+    try:
+        buf = bytearray(txn.read(pb))
+        remove_from_block(buf, pos, bs, fs.sb.metadata_csum)
+        set_leaf_csum(buf, fs._inode_seed(rec))
+        txn.put(pb, buf)
+        with pytest.raises(VolfsError) as info:
+            fs.lookup_ino(d, target)
+        assert info.value.errno == errno.ENOENT
+        txn.abort()
+        assert fs.lookup_ino(d, target) == entry.ino
+    finally:
+        txn.abort()  # (a no-op after the rollback above)
+    b.close()
+    check(image)
+
+
+def test_patched_name_maps_give_up_on_a_name_twice() -> None:
+    def e(name: bytes, offset: int, end: int) -> DirEntry:
+        return DirEntry(name, InodeNo(20 + offset), 1, offset, end)
+
+    old = [e(b"a", 0, 16), e(b"b", 16, 4084)]
+    names = {x.name: x for x in old}
+    # An insert carved from "b": "b" shrinks, "c" appears.
+    new = [old[0], e(b"b", 16, 32), e(b"c", 32, 4084)]
+    got = filesystem_mod._patched_names(dict(names), old, new, 32)
+    assert got == {x.name: x for x in new}
+    # The same insert of a name the leaf already holds: the map cannot say which one a scan finds.
+    dup = [old[0], e(b"b", 16, 32), e(b"a", 32, 4084)]
+    assert filesystem_mod._patched_names(dict(names), old, dup, 32) is None
+    # A removal merging into the record before it.
+    merged = [e(b"a", 0, 4084)]
+    assert filesystem_mod._patched_names({x.name: x for x in old}, old, merged, 16) == {b"a": merged[0]}
+
+
+def test_writer_uses_the_read_sides_index_parse(make_image: Callable[..., Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inserts into an htree directory parse its dx_root only when the root changed, and a root changed
+    behind the engine's back is parsed (and refused, when corrupt) again."""
+    image = make_image("default")
+    b = Ext4Backend(image, readonly=False)
+    fs = b.filesystem
+    d = _htree_dir(b, b"h", 600)
+    calls = [0]
+    real = filesystem_mod.parse_dx_root
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(filesystem_mod, "parse_dx_root", counting)
+    monkeypatch.setattr(writer_mod, "parse_dx_root", counting)
+    for i in range(400):
+        fh, a = b.create(d, b"more%04d" % i, 0o644, OpenFlags.WRITE, 0, 0)
+        b.release(fh)
+        b.forget(a.ino)
+    leaves = fs.inode(d).size // fs.block_size
+    # Once per change of block 0 (a leaf split adds a root entry), not once per insert.
+    assert calls[0] <= leaves, (calls[0], leaves)
+    # Block 0 corrupted through the transaction, the engine not told: the next insert parses it and refuses.
+    assert fs.lookup_ino(d, b"more0001")  # (the root's parse is cached now)
+    assert fs._dx_roots.get(d) is not None
+    rec = fs.inode(d)
+    pb = fs.runlist(rec).map(0)
+    assert pb is not None
+    buf = bytearray(fs.cache.read(pb))
+    assert not is_dx_node_block(bytes(buf), fs.block_size)
+    buf[40] ^= 0xFF  # a dx_entry hash: the dx_tail checksum no longer matches
+    txn = fs.writer.txn
+    txn.put(pb, buf)
+    with pytest.raises(VolfsError) as info:
+        b.create(d, b"refused", 0o644, OpenFlags.WRITE, 0, 0)
+    assert info.value.errno == errno.EUCLEAN
+    buf[40] ^= 0xFF
+    txn.put(pb, buf)
+    fh, a = b.create(d, b"accepted", 0o644, OpenFlags.WRITE, 0, 0)
+    b.release(fh)
+    b.close()
     check(image)

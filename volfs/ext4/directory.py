@@ -252,13 +252,17 @@ def dx_find(level: DxLevel, hash_: int) -> int:
     return lo - 1
 
 
-LeafReader = Callable[[int], list[DirEntry]]
+LeafFinder = Callable[[int], "DirEntry | None"]
 NodeReader = Callable[[int], DxLevel]
 
 
-def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, read_leaf: LeafReader,
+def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, find_in_leaf: LeafFinder,
               max_leaves: int) -> DirEntry | None:
-    """Find ``name`` through the index; ``hash_`` is its major hash (low bit clear)."""
+    """Find ``name`` through the index; ``hash_`` is its major hash (low bit clear).
+
+    ``find_in_leaf(lblock)`` is the first entry called ``name`` in leaf block
+    ``lblock`` (in block order), or None.
+    """
     path: list[tuple[DxLevel, int]] = []
     level = index.root
     for depth in range(index.indirect_levels + 1):
@@ -272,9 +276,9 @@ def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, re
         visited += 1
         if visited > max_leaves:
             raise CorruptError("htree", "hash-collision chain longer than the directory")
-        for entry in read_leaf(leaf_level.entries[at][1]):
-            if entry.name == name:
-                return entry
+        hit = find_in_leaf(leaf_level.entries[at][1])
+        if hit is not None:
+            return hit
         # Move to the next leaf only if it continues this hash (collision bit set).
         depth = len(path) - 1
         while depth >= 0 and path[depth][1] + 1 >= len(path[depth][0].entries):
