@@ -38,6 +38,7 @@ from volfs.backend import (
 from volfs.errors import VolfsError, error
 from volfs.ext4 import ROOT_INO, Filesystem
 from volfs.ext4 import Attr as EngineAttr
+from volfs.ext4._records import maker
 from volfs.ext4.directory import ft_to_mode
 from volfs.ext4.writer import Writer
 
@@ -46,6 +47,8 @@ __all__ = ["Ext4Backend"]
 T = TypeVar("T")
 _ROOT = Ino(ROOT_INO)
 _ATTR_MEMO = 8192  # protocol Attrs remembered (see _attr); the memo starts over when full
+# Attr(...) with every field, positionally, without the frozen __init__'s cost (volfs/ext4/_records.py).
+_make_attr = maker(Attr)
 
 
 def _erofs(reason: str = "opened read-only") -> VolfsError:
@@ -135,8 +138,8 @@ class Ext4Backend:
         memo = self._attrs.get(a.ino)
         if memo is not None and memo[0] is a:
             return memo[1]
-        out = Attr(Ino(a.ino), a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns, a.mtime_ns,
-                   a.ctime_ns, a.crtime_ns, a.generation)
+        out = _make_attr(Ino(a.ino), a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns,
+                         a.mtime_ns, a.ctime_ns, a.crtime_ns, a.generation)
         if len(self._attrs) >= _ATTR_MEMO:
             self._attrs.clear()
         self._attrs[a.ino] = (a, out)

@@ -75,6 +75,7 @@ from volfs.ext4.extents import (
     UNWRITTEN_MAX_LEN,
     Extent,
     build_extent_tree,
+    make_extent,
     split_long,
     tree_nodes_needed,
 )
@@ -157,7 +158,7 @@ def _clip(e: Extent, lo: int, hi: int) -> Extent:
     """The part of ``e`` inside ``[lo, hi)`` (which must overlap it)."""
     a = max(e.logical, lo)
     b = min(e.end, hi)
-    return Extent(a, b - a, e.physical + (a - e.logical), e.unwritten)
+    return make_extent(a, b - a, e.physical + (a - e.logical), e.unwritten)
 
 
 def _merge_run(seq: list[Extent]) -> list[Extent]:
@@ -168,7 +169,7 @@ def _merge_run(seq: list[Extent]) -> list[Extent]:
             p = out[-1]
             if (p.end == e.logical and p.unwritten == e.unwritten and p.physical + p.length == e.physical
                     and p.length + e.length <= _max_len(e.unwritten)):
-                out[-1] = Extent(p.logical, p.length + e.length, p.physical, p.unwritten)
+                out[-1] = make_extent(p.logical, p.length + e.length, p.physical, p.unwritten)
                 continue
         out.append(e)
     return out
@@ -241,7 +242,7 @@ class ExtentTree:
                                            f"or outside [{lo}, {hi})")
                 if start == 0 or start + length > self.blocks_count:
                     raise self._bad(block, f"extent {k} maps blocks {start}+{length} outside the filesystem")
-                node.extents.append(Extent(ee_block, length, start, unwritten))
+                node.extents.append(make_extent(ee_block, length, start, unwritten))
                 prev = ee_block + length
             return node
         if entries == 0:
@@ -663,5 +664,5 @@ class ExtentTree:
 
 
 def _pack_header(entries: int, emax: int, depth: int, generation: int) -> bytes:
-    return EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": entries, "eh_max": emax,
-                               "eh_depth": depth, "eh_generation": generation})
+    # (eh_magic, eh_entries, eh_max, eh_depth, eh_generation): EXTENT_HEADER's table order.
+    return EXTENT_HEADER.pack_values(EXT4_EXT_MAGIC, entries, emax, depth, generation)

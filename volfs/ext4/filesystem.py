@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from volfs.errors import CorruptError, error
+from volfs.ext4._records import maker
 from volfs.ext4.bitmap import verify_block_bitmap, verify_inode_bitmap
 from volfs.ext4.blockmap import blockmap_runs
 from volfs.ext4.cache import BlockCache
@@ -355,6 +356,10 @@ class Attr:
     blksize: int
 
 
+# Attr(...) positionally, without the frozen __init__'s cost (_records.py): getattr makes one per inode version.
+_make_attr: Final = maker(Attr)
+
+
 @dataclass(frozen=True, slots=True)
 class StatFs:
     block_size: int
@@ -506,7 +511,8 @@ class Filesystem:
         self._dx_roots.pop(ino)
         self._dx_miss = None
 
-    def install_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes) -> None:
+    def install_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes,
+                      place: tuple[int, int] | None | bool = True) -> None:
         """Cache the record the write side just put at (``block``, ``offset``) as ``ino``'s parse.
 
         The write side computed ``raw`` (checksum included), so it is parsed
@@ -516,14 +522,24 @@ class Filesystem:
         "Decoded caches").  Anything that would make the next :meth:`inode`
         decode differently, or refuse (the served bytes do not hold ``raw``,
         the record lies outside the initialised inode table), drops the entry
-        instead, so that call reads it as before.
+        instead, so that call reads it as before.  ``place`` is
+        :meth:`inode_place` of ``ino`` when the caller has just asked it
+        (nothing changed since); True: ask it here.
         """
         cache = self.cache
         sb = self.sb
         size = sb.inode_size
         data = cache.read(block, "inode table", ino)
         self._attrs.pop(ino)
-        if len(raw) != size or data[offset : offset + size] != raw or (block, offset) != self._inode_place(ino):
+        if place is not True:
+            # The caller's answer holds unless the put changed the descriptor it came from (a
+            # hostile image whose inode table overlaps the descriptor table): then ask again.
+            desc = self._descs.get((ino - 1) // sb.inodes_per_group)
+            if desc is None or desc.block == block:
+                place = True
+        if place is True:
+            place = self.inode_place(ino)
+        if len(raw) != size or data[offset : offset + size] != raw or (block, offset) != place:
             self._inodes.pop(ino)
             return
         rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
@@ -545,7 +561,7 @@ class Filesystem:
             return
         self._descs[group] = _DescSlot(self.cache.epoch, block, data, raw, desc)
 
-    def _inode_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
+    def inode_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
         """(inode-table block, offset) of ``ino`` when :meth:`inode` would read it there, else None.
 
         None: the number is out of range or the record lies in the part of
@@ -755,8 +771,8 @@ class Filesystem:
         if r.flags & EXT4_INLINE_DATA_FL and r.is_reg:
             # As the kernel's ext4_file_getattr: count inline bytes so the file does not look sparse.
             blocks += (r.size + 511) >> 9
-        attr = Attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, blocks, r.atime_ns,
-                    r.mtime_ns, r.ctime_ns, r.crtime_ns, r.flags, r.generation, self.sb.block_size)
+        attr = _make_attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, blocks, r.atime_ns,
+                          r.mtime_ns, r.ctime_ns, r.crtime_ns, r.flags, r.generation, self.sb.block_size)
         self._attrs.put(ino, (r, attr))
         return attr
 

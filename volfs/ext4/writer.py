@@ -64,9 +64,9 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal
 
 from volfs.errors import CorruptError, VolfsError, error
 from volfs.ext4.alloc import Allocator
@@ -98,6 +98,7 @@ from volfs.ext4.extents import (
     EXTENT_HEADER,
     Extent,
     build_extent_tree,
+    make_extent,
     read_extents,
     split_long,
     tree_nodes_needed,
@@ -318,30 +319,9 @@ class Writer:
             self._put_sb({"s_feature_ro_compat": fs.sb.ro_compat & ~RO_COMPAT_ORPHAN_PRESENT})
         self.commit(clean=True)
 
-    @contextmanager
-    def op(self) -> Iterator[None]:
-        """One atomic operation (see the module header)."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._depth = 1
-        self.txn.begin()
-        try:
-            yield
-        except BaseException:
-            self.txn.abort()
-            self._dirs.clear()
-            self.fs.forget_all()
-            self.fs.reload_superblock()
-            raise
-        else:
-            self.txn.end()
-        finally:
-            self._depth = 0
+    def op(self) -> _Op:
+        """One atomic operation (see the module header): ``with writer.op(): ...``."""
+        return _Op(self)
 
     # -- inodes ------------------------------------------------------------------
 
@@ -364,14 +344,23 @@ class Writer:
 
     def store(self, ino: int, ed: InodeEditor) -> None:
         fs = self.fs
-        _g, blk, off = fs.inode_location(ino)
+        # Where inode() reads the record (None: outside the initialised table, where this side
+        # still writes it, and the read side refuses it as before).
+        place = fs.inode_place(ino)
+        blk: int
+        off: int
+        if place is None:
+            _g, blk, off = fs.inode_location(ino)
+        else:
+            blk, off = place
         data = bytearray(self.txn.read(blk, "inode table", ino))
         raw = ed.finish(self._csum_seed(), ino)
         data[off : off + fs.sb.inode_size] = raw
         self.txn.put(blk, data)
         # The read side takes the record as written instead of decoding (and verifying) it again
         # on the next inode(); its other decoded caches revalidate against the new bytes by themselves.
-        fs.install_inode(ino, blk, off, raw)
+        # (The place still holds: putting an inode-table block changes no descriptor.)
+        fs.install_inode(ino, blk, off, raw, place)
 
     def _writable_inode(self, rec: Inode) -> None:
         if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL):
@@ -548,7 +537,7 @@ class Writer:
             for e in inside:
                 if e.logical > pos:
                     segs.extend(run_iter.take(pos, e.logical - pos))
-                segs.append(Extent(e.logical, e.length, e.physical, False))
+                segs.append(make_extent(e.logical, e.length, e.physical, False))
                 old_unwritten[e.logical] = e.unwritten
                 pos = e.end
             if last + 1 > pos:
@@ -1675,10 +1664,13 @@ class Writer:
         self.maybe_commit()
 
 
+_EMPTY_EXTENT_ROOT: Final = EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": 0, "eh_max": 4,
+                                                "eh_depth": 0, "eh_generation": 0}) + bytes(48)
+
+
 def _empty_extent_root() -> bytes:
-    hdr = EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": 0, "eh_max": 4, "eh_depth": 0,
-                              "eh_generation": 0})
-    return hdr + bytes(48)
+    """i_block of an extent-mapped inode with no extents (a constant: every new file starts so)."""
+    return _EMPTY_EXTENT_ROOT
 
 
 def _pack_ibody(entries: list[tuple[int, bytes, bytes]], size: int) -> bytes | None:
@@ -1729,6 +1721,51 @@ def _merge(extents: list[Extent]) -> list[Extent]:
     return out
 
 
+class _Op:
+    """The context manager of :meth:`Writer.op` (a class: the generator-based kind costs a few
+    microseconds per operation, as much as a small operation's own work).
+
+    The outermost operation opens the transaction's undo scope; leaving it
+    normally closes the scope, leaving it by an exception rolls the scope
+    back and drops every decoded cache (the read side's and the directory
+    tables), then lets the exception go on.  Nested operations only count
+    their depth: the outermost one decides.
+    """
+
+    __slots__ = ("w", "outer")
+
+    def __init__(self, w: Writer) -> None:
+        self.w = w
+        self.outer = False
+
+    def __enter__(self) -> None:
+        w = self.w
+        if w._depth:
+            w._depth += 1
+            return
+        self.outer = True
+        w._depth = 1
+        w.txn.begin()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        w = self.w
+        if not self.outer:
+            w._depth -= 1
+            return False
+        try:
+            if exc_type is None:
+                w.txn.end()
+            else:
+                w.txn.abort()
+                w._dirs.clear()
+                w.fs.forget_all()
+                w.fs.reload_superblock()
+        finally:
+            w._depth = 0
+        return False
+
+
 class _RunFeeder:
     """Hands out newly allocated blocks, in order, for the holes of a write."""
 
@@ -1744,7 +1781,7 @@ class _RunFeeder:
         while count:
             start, n = self.runs[self.i]
             k = min(n - self.used, count)
-            out.append(Extent(logical, k, start + self.used, False))
+            out.append(make_extent(logical, k, start + self.used, False))
             logical += k
             count -= k
             self.used += k
