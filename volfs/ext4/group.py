@@ -202,9 +202,29 @@ def update_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, valu
             _U16.pack_into(buf, hi, (value >> 16) & 0xFFFF)
         elif value >> 16 and not key.endswith("_csum"):
             raise ValueError(f"{key} {value} does not fit a 32-byte descriptor")
-    if sb.metadata_csum or sb.gdt_csum:
-        struct.pack_into("<H", buf, _CSUM_OFF, group_desc_checksum(sb, fs_seed, group, bytes(buf)))
+    if sb.metadata_csum:
+        # group_desc_checksum, computed on this copy: its checksum field zeroed in place.
+        _U16.pack_into(buf, _CSUM_OFF, 0)
+        _U16.pack_into(buf, _CSUM_OFF, crc32c_raw(_group_seed(fs_seed, group), bytes(buf)) & 0xFFFF)
+    elif sb.gdt_csum:
+        _U16.pack_into(buf, _CSUM_OFF, group_desc_checksum(sb, fs_seed, group, bytes(buf)))
     return bytes(buf)
+
+
+# crc(fs seed, le32 group) by (fs seed, group): a pure function of its key, so never stale; bounded.
+_GROUP_SEEDS: dict[tuple[int, int], int] = {}
+_GROUP_SEEDS_MAX: Final = 4096
+
+
+def _group_seed(fs_seed: int, group: int) -> int:
+    key = (fs_seed, group)
+    seed = _GROUP_SEEDS.get(key)
+    if seed is None:
+        seed = crc32c_raw(fs_seed, struct.pack("<I", group))
+        if len(_GROUP_SEEDS) >= _GROUP_SEEDS_MAX:
+            _GROUP_SEEDS.clear()
+        _GROUP_SEEDS[key] = seed
+    return seed
 
 
 def group_blocks(sb: Superblock, group: int) -> int:
