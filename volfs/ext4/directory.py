@@ -19,6 +19,7 @@ equals the name's hash.
 from __future__ import annotations
 
 import bisect
+import operator
 import stat
 import struct as _pystruct
 from collections.abc import Callable
@@ -76,6 +77,8 @@ class DirEntry:
     next_offset: int
 
 
+# bisect keys as C callables (a lambda costs a Python call per probe).
+_BY_OFFSET: Final = operator.attrgetter("offset")
 # DirEntry(...) positionally, without the frozen __init__'s cost (_records.py): a parse makes one per entry.
 _make_entry: Final = maker(DirEntry)
 
@@ -461,7 +464,7 @@ def entries_after_insert(entries: list[DirEntry], buf: bytes | bytearray, pos: i
     start = base + pos
     stop = base + record_end(buf, pos, block_size)
     out = list(entries)
-    i = bisect.bisect_right(out, start, key=lambda e: e.offset)
+    i = bisect.bisect_right(out, start, key=_BY_OFFSET)
     if i and out[i - 1].next_offset == stop and out[i - 1].offset < start:
         prev = out[i - 1]
         out[i - 1] = _make_entry(prev.name, prev.ino, prev.file_type, prev.offset, start)
@@ -478,7 +481,7 @@ def entries_after_remove(entries: list[DirEntry], base: int, pos: int) -> list[D
     ``pos`` (the caller then drops its parse).
     """
     start = base + pos
-    i = bisect.bisect_left(entries, start, key=lambda e: e.offset)
+    i = bisect.bisect_left(entries, start, key=_BY_OFFSET)
     if i == len(entries) or entries[i].offset != start:
         return None
     gone = entries[i]
@@ -493,7 +496,7 @@ def entries_after_retarget(entries: list[DirEntry], base: int, pos: int, ino: in
                            ft: int) -> list[DirEntry] | None:
     """``parse_dir_block``'s result after :func:`set_entry_inode` at ``pos`` (None: no entry there)."""
     start = base + pos
-    i = bisect.bisect_left(entries, start, key=lambda e: e.offset)
+    i = bisect.bisect_left(entries, start, key=_BY_OFFSET)
     if i == len(entries) or entries[i].offset != start:
         return None
     e = entries[i]

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -82,6 +83,9 @@ from volfs.ext4.extents import (
 
 __all__ = ["TreeIO", "ExtentTree", "KEY_END", "Memo"]
 
+# bisect keys as C callables (a lambda costs a Python call per probe).
+_FIRST: Final = operator.itemgetter(0)
+_LOGICAL: Final = operator.attrgetter("logical")
 KEY_END: Final = 1 << 32  # one past the largest logical block an extent tree can address
 _ROOT: Final = 0  # the block "number" of the root node, which lives in i_block
 _ROOT_MAX: Final = 4  # (60 - 12) // 12 entries fit in i_block
@@ -300,7 +304,7 @@ class ExtentTree:
         lo, hi = 0, KEY_END
         path: list[_Step] = []
         while node.depth:
-            i = max(bisect.bisect_right(node.index, x, key=lambda t: t[0]) - 1, 0)
+            i = max(bisect.bisect_right(node.index, x, key=_FIRST) - 1, 0)
             path.append(_Step(node, i))
             child = self._child(node, i, lo, hi)
             if i:
@@ -308,7 +312,7 @@ class ExtentTree:
             if i + 1 < len(node.index):
                 hi = node.index[i + 1][0]
             node = child
-        path.append(_Step(node, bisect.bisect_right(node.extents, x, key=lambda e: e.logical) - 1))
+        path.append(_Step(node, bisect.bisect_right(node.extents, x, key=_LOGICAL) - 1))
         return path
 
     @staticmethod
@@ -396,7 +400,7 @@ class ExtentTree:
         leaf = path[-1].node
         ext = leaf.extents
         i0 = bisect.bisect_right(ext, lo, key=lambda e: e.end)
-        i1 = bisect.bisect_left(ext, hi, key=lambda e: e.logical)
+        i1 = bisect.bisect_left(ext, hi, key=_LOGICAL)
         mid: list[Extent] = []
         if i0 < i1 and ext[i0].logical < lo:
             mid.append(_clip(ext[i0], 0, lo))

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import operator
 import os
 import stat
 from collections import OrderedDict
@@ -273,9 +274,12 @@ class _ParsedSlot:
         self.names: dict[bytes, DirEntry] | None = None
 
 
+_BY_OFFSET: Final = operator.attrgetter("offset")  # (a C callable: bisect calls it per probe)
+
+
 def _around(entries: list[DirEntry], offset: int) -> list[DirEntry]:
     """The entry at ``offset`` (if any) and the one before it: all that a one-entry edit there changes."""
-    i = bisect.bisect_left(entries, offset, key=lambda e: e.offset)
+    i = bisect.bisect_left(entries, offset, key=_BY_OFFSET)
     return entries[max(i - 1, 0) : i + 1 if i < len(entries) and entries[i].offset == offset else i]
 
 
