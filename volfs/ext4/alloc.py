@@ -10,7 +10,7 @@ kept here: the commit recomputes ``s_free_blocks_count`` and
 Bitmaps are read through the cache, their checksums verified once, and
 edited as the block's bytes (bit ``i`` = block or inode ``i`` of the group):
 the byte helpers of bitmap.py find a free run with a C-speed scan for the
-first byte that is not full, where converting the 4 KiB block to a Python
+length of a run of full bytes, where converting the 4 KiB block to a Python
 integer and back would cost more than the search.
 
 *Lazy init.*  A BLOCK_UNINIT group has no block bitmap on disk; on first use

@@ -10,9 +10,9 @@ the group, bit 0 the low bit of byte 0): one Python integer (the definition,
 and what checks and mkfs use), and the bitmap block's own bytes, which the
 allocator edits in place.  The byte helpers (:func:`find_clear_run`,
 :func:`fill_run`, :func:`run_is_set`) exist because converting a 4 KiB
-bitmap to an integer and back costs more than the whole search: they search
-with the regex engine (C speed) for the first byte that is not all ones
-(or not all zeros) and only do bit arithmetic on single bytes.  They answer
+bitmap to an integer and back costs more than the whole search: they measure
+runs of full (or empty) bytes with the regex engine (C speed) and only do bit
+arithmetic on single bytes.  They answer
 exactly as :func:`find_free_run` and :func:`set_bits` do on the integer.
 """
 
@@ -95,8 +95,16 @@ def set_bits(bits: int, first: int, count: int, value: bool) -> int:
 
 # --- the same on the bitmap's bytes (see the module header) -----------------------------------
 
-_NOT_FULL: Final = re.compile(rb"[^\xff]")
-_NOT_EMPTY: Final = re.compile(rb"[^\x00]")
+# Runs of full (0xFF) and empty bytes: ``match(...).end()`` is where the run stops.  (A repeated
+# literal is the regex engine's tight loop; a negated class searched for is several times slower.)
+_FULL_RUN: Final = re.compile(rb"\xff*")
+_EMPTY_RUN: Final = re.compile(rb"\x00*")
+
+
+def _run_end(run: re.Pattern[bytes], data: bytes | bytearray, pos: int, endpos: int) -> int:
+    """Where the run of ``run``'s byte starting at ``pos`` stops (``endpos`` at most)."""
+    m = run.match(data, pos, endpos)
+    return m.end() if m is not None else pos  # (a starred literal always matches, if only empty)
 
 
 def _low_bit(byte: int) -> int:
@@ -116,13 +124,9 @@ def find_clear_run(data: bytes | bytearray, nbits: int, start: int, want: int) -
     # Bits below ``start`` in its byte count as taken.
     byte = (data[index] if index < size else 0) | ((1 << (start & 7)) - 1)
     if byte == 0xFF:
-        m = _NOT_FULL.search(data, index + 1)
-        if m is None:
-            index = size  # everything up to the end of data is taken; past it reads as clear
-            byte = 0
-        else:
-            index = m.start()
-            byte = data[index]
+        index = _run_end(_FULL_RUN, data, index + 1, size)
+        # (At the end of data everything was taken; past it reads as clear.)
+        byte = data[index] if index < size else 0
     first = (index << 3) + _low_bit(~byte & 0xFF)
     if first >= nbits:
         return None
@@ -134,8 +138,8 @@ def find_clear_run(data: bytes | bytearray, nbits: int, start: int, want: int) -
         end = first + _low_bit(rest)
     else:
         stop = min((limit + 7) >> 3, size)
-        m = _NOT_EMPTY.search(data, index + 1, stop) if index + 1 < stop else None
-        end = (m.start() << 3) + _low_bit(data[m.start()]) if m is not None else limit
+        taken = _run_end(_EMPTY_RUN, data, index + 1, stop) if index + 1 < stop else stop
+        end = (taken << 3) + _low_bit(data[taken]) if taken < stop else limit
     return first, min(end, limit) - first
 
 
