@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from volfs.backend import (
     NOW,
@@ -38,6 +38,7 @@ from volfs.backend import (
 from volfs.errors import VolfsError, error
 from volfs.ext4 import ROOT_INO, Filesystem
 from volfs.ext4 import Attr as EngineAttr
+from volfs.ext4._records import maker
 from volfs.ext4.directory import ft_to_mode
 from volfs.ext4.writer import Writer
 
@@ -46,18 +47,32 @@ __all__ = ["Ext4Backend"]
 T = TypeVar("T")
 _ROOT = Ino(ROOT_INO)
 _ATTR_MEMO = 8192  # protocol Attrs remembered (see _attr); the memo starts over when full
+# Attr(...) with every field, positionally, without the frozen __init__'s cost (volfs/ext4/_records.py).
+_make_attr = maker(Attr)
 
 
 def _erofs(reason: str = "opened read-only") -> VolfsError:
     return error(errno.EROFS, f"the ext4 backend is read-only: {reason}")
 
 
+_APPEND: Final = int(OpenFlags.APPEND)
+_WRITE: Final = int(OpenFlags.WRITE)
+_READ: Final = int(OpenFlags.READ)
+
+
 class _Handle:
-    __slots__ = ("ino", "flags")
+    """An open file: its inode and what its flags allow, decided once at open (flag arithmetic on
+    the IntFlag enum runs Python code, and a write or read asks on every call)."""
+
+    __slots__ = ("ino", "flags", "writes", "append", "write_only")
 
     def __init__(self, ino: int, flags: OpenFlags) -> None:
         self.ino = ino
         self.flags = flags
+        self.writes = flags.writes
+        f = int(flags)
+        self.append = bool(f & _APPEND)
+        self.write_only = bool(f & _WRITE) and not f & _READ
 
 
 class Ext4Backend:
@@ -135,8 +150,8 @@ class Ext4Backend:
         memo = self._attrs.get(a.ino)
         if memo is not None and memo[0] is a:
             return memo[1]
-        out = Attr(Ino(a.ino), a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns, a.mtime_ns,
-                   a.ctime_ns, a.crtime_ns, a.generation)
+        out = _make_attr(Ino(a.ino), a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns,
+                         a.mtime_ns, a.ctime_ns, a.crtime_ns, a.generation)
         if len(self._attrs) >= _ATTR_MEMO:
             self._attrs.clear()
         self._attrs[a.ino] = (a, out)
@@ -319,12 +334,12 @@ class Ext4Backend:
             h = self._handles.get(fh)
             if h is None:
                 raise error(errno.EBADF, "unknown file handle")
-            if not h.flags.writes:
+            if not h.writes:
                 raise error(errno.EBADF, "handle not opened for writing")
             if offset < 0:
                 raise error(errno.EINVAL, "negative offset")
             w = self._w()
-            if h.flags & OpenFlags.APPEND:
+            if h.append:
                 offset = self._fs.inode(h.ino).size
             hino = h.ino
             return self._retry(lambda: w.write_data(hino, offset, data))
@@ -366,7 +381,7 @@ class Ext4Backend:
             h = self._handles.get(fh)
             if h is None:
                 raise error(errno.EBADF, "unknown file handle")
-            if h.flags & OpenFlags.WRITE and not h.flags & OpenFlags.READ:
+            if h.write_only:
                 raise error(errno.EBADF, "handle not opened for reading")
             return self._fs.read(h.ino, offset, size)
 

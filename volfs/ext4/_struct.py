@@ -94,5 +94,9 @@ class Struct:
     def pack(self, values: Mapping[str, int | bytes]) -> bytes:
         return self._codec.pack(*(values[n] for n in self._names))
 
+    def pack_values(self, *values: int | bytes) -> bytes:
+        """Pack the values given in table order (hot paths: no mapping built per call)."""
+        return self._codec.pack(*values)
+
     def index(self, fname: str) -> int:
         return self._names.index(fname)

@@ -8,8 +8,10 @@ kept here: the commit recomputes ``s_free_blocks_count`` and
 ``s_free_inodes_count`` from the descriptors, as the kernel does at mount.
 
 Bitmaps are read through the cache, their checksums verified once, and
-handled as Python integers (bit ``i`` = block or inode ``i`` of the group),
-so finding a free run costs a few big-integer operations.
+edited as the block's bytes (bit ``i`` = block or inode ``i`` of the group):
+the byte helpers of bitmap.py find a free run with a C-speed scan for the
+length of a run of full bytes, where converting the 4 KiB block to a Python
+integer and back would cost more than the search.
 
 *Lazy init.*  A BLOCK_UNINIT group has no block bitmap on disk; on first use
 it is materialized: the superblock backup, GDT and reserved GDT blocks (if
@@ -46,8 +48,10 @@ from volfs.errors import CorruptError, error
 from volfs.ext4.bitmap import (
     block_bitmap_csum,
     count_zero_bits,
-    find_free_run,
+    fill_run,
+    find_clear_run,
     inode_bitmap_csum,
+    run_is_set,
     set_bits,
     verify_block_bitmap,
     verify_inode_bitmap,
@@ -85,21 +89,20 @@ class Allocator:
     def _update_desc(self, group: int, values: dict[str, int]) -> None:
         fs = self.fs
         sb = fs.sb
-        per_block = sb.block_size // sb.desc_size
+        size = sb.desc_size
+        per_block = sb.block_size // size
         blk = descriptor_block(sb, group // per_block)
-        data = bytearray(fs.txn_required().read(blk, "group descriptor"))
-        off = (group % per_block) * sb.desc_size
-        raw = update_group_desc(sb, fs.fs_seed, group, bytes(data[off : off + sb.desc_size]), values)
-        data[off : off + sb.desc_size] = raw
         txn = fs.txn_required()
-        txn.put(blk, data)
+        data = bytearray(txn.read(blk, "group descriptor"))
+        off = (group % per_block) * size
+        raw = update_group_desc(sb, fs.fs_seed, group, bytes(data[off : off + size]), values)
+        data[off : off + size] = raw
+        block = bytes(data)
+        txn.put(blk, block)  # (put keeps this very object: it is already bytes)
         # Hand the read side the decoded new descriptor instead of making it decode (and verify)
-        # the bytes just written: its slot is stamped with the current epoch and the block's
-        # bytes, so the usual revalidation ("Decoded caches" in filesystem.py) applies from here on.
-        from volfs.ext4.filesystem import _DescSlot
-
-        desc = parse_group_desc(sb, fs.fs_seed, group, raw, verify=False, block=blk)
-        fs._descs[group] = _DescSlot(fs.cache.epoch, blk, txn.read(blk, "group descriptor"), raw, desc)
+        # the bytes just written (Filesystem.install_desc).
+        fs.install_desc(group, blk, block, raw, parse_group_desc(sb, fs.fs_seed, group, raw, verify=False,
+                                                                 block=blk))
 
     def free_blocks_total(self) -> int:
         return sum(self.fs.group_desc(g).free_blocks for g in range(self.fs.sb.group_count))
@@ -134,12 +137,13 @@ class Allocator:
                                f"bg_free_blocks_count {desc.free_blocks}")
         return bits
 
-    def _block_bits(self, group: int) -> tuple[int, GroupDesc]:
+    def _block_bits(self, group: int) -> tuple[bytes, GroupDesc]:
+        """The block bitmap of ``group`` as bytes (materialized when uninitialised), checked once."""
         fs = self.fs
         desc = fs.group_desc(group)
         if fs.sb.metadata_csum or fs.sb.gdt_csum:
             if desc.flags & BG_BLOCK_UNINIT:
-                return self._materialize_block_bits(group, desc), desc
+                return self._materialize_block_bits(group, desc).to_bytes(fs.sb.block_size, "little"), desc
         data = fs.txn_required().read(desc.block_bitmap, "block bitmap")
         if group not in self._verified_bb:
             verify_block_bitmap(fs.sb, fs.fs_seed, desc, data)
@@ -149,16 +153,15 @@ class Allocator:
                 raise CorruptError("block bitmap", f"group {group}: {count_zero_bits(bits, n)} free blocks in the "
                                    f"bitmap but bg_free_blocks_count is {desc.free_blocks}", block=desc.block_bitmap)
             self._verified_bb.add(group)
-            return bits, desc
-        return int.from_bytes(data, "little"), desc
+        return data, desc
 
-    def _store_block_bits(self, group: int, desc: GroupDesc, bits: int, values: dict[str, int]) -> None:
+    def _store_block_bits(self, group: int, desc: GroupDesc, buf: bytearray, values: dict[str, int]) -> None:
         fs = self.fs
         sb = fs.sb
         bs = sb.block_size
         n = group_blocks(sb, group)
-        bits = set_bits(bits, n, bs * 8 - n, True)  # padding past the group's last block
-        data = bits.to_bytes(bs, "little")
+        fill_run(buf, n, bs * 8 - n, True)  # padding past the group's last block
+        data = bytes(buf)
         fs.txn_required().put(desc.block_bitmap, data)
         self._verified_bb.add(group)
         values["flags"] = values.get("flags", desc.flags) & ~BG_BLOCK_UNINIT
@@ -166,16 +169,21 @@ class Allocator:
             values["block_bitmap_csum"] = block_bitmap_csum(sb, fs.fs_seed, data)
         self._update_desc(group, values)
 
-    def _freed_mask(self, group: int) -> int:
+    def _search_bits(self, group: int, buf: bytearray) -> bytearray:
+        """The bits an allocation in ``group`` may not take: ``buf`` itself, or, when the running
+        transaction freed blocks of the group (not reusable before it commits), a copy of ``buf``
+        with those blocks marked too."""
         sb = self.fs.sb
         first = group_first_block(sb, group)
         n = group_blocks(sb, group)
-        mask = 0
+        search = buf
         for start, count in self.fs.txn_required().freed:
             lo, hi = max(start, first), min(start + count, first + n)
             if lo < hi:
-                mask = set_bits(mask, lo - first, hi - lo, True)
-        return mask
+                if search is buf:
+                    search = bytearray(buf)
+                fill_run(search, lo - first, hi - lo, True)
+        return search
 
     def alloc_blocks(self, goal: int, count: int) -> list[tuple[int, int]]:
         """``count`` blocks as (start, length) runs, contiguous when possible; ENOSPC otherwise."""
@@ -195,10 +203,11 @@ class Allocator:
             desc = fs.group_desc(g)
             if desc.free_blocks == 0:
                 continue
-            bits, desc = self._block_bits(g)
+            data, desc = self._block_bits(g)
             first = group_first_block(sb, g)
             n = group_blocks(sb, g)
-            search = bits | self._freed_mask(g)
+            buf = bytearray(data)
+            search = self._search_bits(g, buf)
             pos = goal - first if (step == 0 and goal >= first) else 0
             if step == sb.group_count:
                 pos, n_limit = 0, goal - first  # wrapped: the part of the goal group before the goal
@@ -206,12 +215,13 @@ class Allocator:
                 n_limit = n
             taken = 0
             while left:
-                run = find_free_run(search, n_limit, pos, left)
+                run = find_clear_run(search, n_limit, pos, left)
                 if run is None:
                     break
                 start, length = run
-                search = set_bits(search, start, length, True)
-                bits = set_bits(bits, start, length, True)
+                fill_run(buf, start, length, True)
+                if search is not buf:
+                    fill_run(search, start, length, True)
                 if out and out[-1][0] + out[-1][1] == first + start:
                     out[-1] = (out[-1][0], out[-1][1] + length)
                 else:
@@ -220,7 +230,7 @@ class Allocator:
                 taken += length
                 pos = start + length
             if taken:
-                self._store_block_bits(g, desc, bits, {"free_blocks": desc.free_blocks - taken})
+                self._store_block_bits(g, desc, buf, {"free_blocks": desc.free_blocks - taken})
             if not left:
                 return out
         raise error(errno.ENOSPC, "no free blocks left")
@@ -240,39 +250,41 @@ class Allocator:
             g = (pos - sb.first_data_block) // sb.blocks_per_group
             first = group_first_block(sb, g)
             hi = min(end, first + group_blocks(sb, g))
-            bits, desc = self._block_bits(g)
+            data, desc = self._block_bits(g)
             k = hi - pos
-            mask = ((1 << k) - 1) << (pos - first)
-            if bits & mask != mask:
+            if not run_is_set(data, pos - first, k):
                 raise CorruptError("block bitmap", f"freeing blocks {pos}+{k} that are not in use", block=pos)
-            self._store_block_bits(g, desc, bits & ~mask, {"free_blocks": desc.free_blocks + k})
+            buf = bytearray(data)
+            fill_run(buf, pos - first, k, False)
+            self._store_block_bits(g, desc, buf, {"free_blocks": desc.free_blocks + k})
             pos = hi
 
     # -- inodes ----------------------------------------------------------------
 
-    def _inode_bits(self, group: int) -> tuple[int, GroupDesc]:
+    def _inode_bits(self, group: int) -> tuple[bytes, GroupDesc]:
+        """The inode bitmap of ``group`` as bytes (zeros when uninitialised), checked once."""
         fs = self.fs
         desc = fs.group_desc(group)
         if (fs.sb.metadata_csum or fs.sb.gdt_csum) and desc.flags & BG_INODE_UNINIT:
-            return 0, desc
+            return bytes(fs.sb.block_size), desc
         data = fs.txn_required().read(desc.inode_bitmap, "inode bitmap")
-        bits = int.from_bytes(data, "little")
         if group not in self._verified_ib:
             verify_inode_bitmap(fs.sb, fs.fs_seed, desc, data)
             ipg = fs.sb.inodes_per_group
+            bits = int.from_bytes(data, "little")
             if count_zero_bits(bits, ipg) != desc.free_inodes:
                 raise CorruptError("inode bitmap", f"group {group}: {count_zero_bits(bits, ipg)} free inodes in the "
                                    f"bitmap but bg_free_inodes_count is {desc.free_inodes}", block=desc.inode_bitmap)
             self._verified_ib.add(group)
-        return bits, desc
+        return data, desc
 
-    def _store_inode_bits(self, group: int, desc: GroupDesc, bits: int, values: dict[str, int]) -> None:
+    def _store_inode_bits(self, group: int, desc: GroupDesc, buf: bytearray, values: dict[str, int]) -> None:
         fs = self.fs
         sb = fs.sb
         bs = sb.block_size
         ipg = sb.inodes_per_group
-        bits = set_bits(bits, ipg, bs * 8 - ipg, True)
-        data = bits.to_bytes(bs, "little")
+        fill_run(buf, ipg, bs * 8 - ipg, True)
+        data = bytes(buf)
         fs.txn_required().put(desc.inode_bitmap, data)
         self._verified_ib.add(group)
         values["flags"] = values.get("flags", desc.flags) & ~BG_INODE_UNINIT
@@ -325,7 +337,7 @@ class Allocator:
                 continue
             bits, desc = self._inode_bits(g)
             start = sb.first_ino - 1 if g == 0 else 0
-            run = find_free_run(bits, ipg, start, 1)
+            run = find_clear_run(bits, ipg, start, 1)
             if run is None:
                 continue
             index = run[0]
@@ -334,8 +346,8 @@ class Allocator:
                 continue
             if csum and desc.flags & BG_BLOCK_UNINIT:
                 # The kernel initialises the block bitmap of a group it puts an inode in.
-                bbits, desc = self._block_bits(g)
-                self._store_block_bits(g, desc, bbits, {})
+                bdata, desc = self._block_bits(g)
+                self._store_block_bits(g, desc, bytearray(bdata), {})
                 desc = fs.group_desc(g)
             values = {"free_inodes": desc.free_inodes - 1}
             if is_dir:
@@ -346,7 +358,9 @@ class Allocator:
                     if not desc.flags & BG_INODE_ZEROED:
                         self._zero_inodes(desc, high_water, index)
                     values["itable_unused"] = ipg - index - 1
-            self._store_inode_bits(g, desc, set_bits(bits, index, 1, True), values)
+            buf = bytearray(bits)
+            fill_run(buf, index, 1, True)
+            self._store_inode_bits(g, desc, buf, values)
             return InodeNo(ino)
         raise error(errno.ENOSPC, "no free inodes left")
 
@@ -367,12 +381,14 @@ class Allocator:
         ipg = fs.sb.inodes_per_group
         g, index = divmod(ino - 1, ipg)
         bits, desc = self._inode_bits(g)
-        if not bits >> index & 1:
+        if not bits[index >> 3] >> (index & 7) & 1:
             raise CorruptError("inode bitmap", f"freeing inode {ino} that is not in use", inode=ino)
         values = {"free_inodes": desc.free_inodes + 1}
         if is_dir:
             values["used_dirs"] = max(desc.used_dirs - 1, 0)
-        self._store_inode_bits(g, desc, set_bits(bits, index, 1, False), values)
+        buf = bytearray(bits)
+        fill_run(buf, index, 1, False)
+        self._store_inode_bits(g, desc, buf, values)
 
     def forget_verified(self) -> None:
         self._verified_bb.clear()

@@ -19,6 +19,7 @@ equals the name's hash.
 from __future__ import annotations
 
 import bisect
+import operator
 import stat
 import struct as _pystruct
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from volfs.errors import CorruptError
+from volfs.ext4._records import maker
 from volfs.ext4._struct import Struct
 from volfs.ext4.checksum import crc32c_raw
 from volfs.ext4.types import InodeNo
@@ -73,6 +75,12 @@ class DirEntry:
     file_type: int  # on-disk EXT4_FT_* (0 when the image has no filetype feature)
     offset: int
     next_offset: int
+
+
+# bisect keys as C callables (a lambda costs a Python call per probe).
+_BY_OFFSET: Final = operator.attrgetter("offset")
+# DirEntry(...) positionally, without the frozen __init__'s cost (_records.py): a parse makes one per entry.
+_make_entry: Final = maker(DirEntry)
 
 
 def rec_len_from_disk(v: int, block_size: int) -> int:
@@ -139,7 +147,7 @@ def parse_dir_block(data: bytes, *, ino: int, block: int | None, base: int, has_
         if e_ino > inodes_count:
             raise bad(f"inode {e_ino} at offset {pos} exceeds s_inodes_count")
         if e_ino and name_len:
-            out.append(DirEntry(bytes(data[pos + 8 : pos + 8 + name_len]), InodeNo(e_ino), ft, base + pos,
+            out.append(_make_entry(bytes(data[pos + 8 : pos + 8 + name_len]), InodeNo(e_ino), ft, base + pos,
                                 base + pos + rec_len))
         pos += rec_len
     return out
@@ -252,13 +260,17 @@ def dx_find(level: DxLevel, hash_: int) -> int:
     return lo - 1
 
 
-LeafReader = Callable[[int], list[DirEntry]]
+LeafFinder = Callable[[int], "DirEntry | None"]
 NodeReader = Callable[[int], DxLevel]
 
 
-def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, read_leaf: LeafReader,
+def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, find_in_leaf: LeafFinder,
               max_leaves: int) -> DirEntry | None:
-    """Find ``name`` through the index; ``hash_`` is its major hash (low bit clear)."""
+    """Find ``name`` through the index; ``hash_`` is its major hash (low bit clear).
+
+    ``find_in_leaf(lblock)`` is the first entry called ``name`` in leaf block
+    ``lblock`` (in block order), or None.
+    """
     path: list[tuple[DxLevel, int]] = []
     level = index.root
     for depth in range(index.indirect_levels + 1):
@@ -272,9 +284,9 @@ def dx_lookup(index: DxIndex, name: bytes, hash_: int, read_node: NodeReader, re
         visited += 1
         if visited > max_leaves:
             raise CorruptError("htree", "hash-collision chain longer than the directory")
-        for entry in read_leaf(leaf_level.entries[at][1]):
-            if entry.name == name:
-                return entry
+        hit = find_in_leaf(leaf_level.entries[at][1])
+        if hit is not None:
+            return hit
         # Move to the next leaf only if it continues this hash (collision bit set).
         depth = len(path) - 1
         while depth >= 0 and path[depth][1] + 1 >= len(path[depth][0].entries):
@@ -322,9 +334,9 @@ def leaf_end(block_size: int, csum: bool) -> int:
     return block_size - 12 if csum else block_size
 
 
-def _tail(block_size: int) -> bytes:
-    return DIR_TAIL.pack({"det_reserved_zero1": 0, "det_rec_len": 12, "det_reserved_zero2": 0,
-                          "det_reserved_ft": FT_DIR_CSUM, "det_checksum": 0})
+# The checksum tail of a leaf with its checksum still zero (the same for every block size).
+_TAIL: Final = DIR_TAIL.pack({"det_reserved_zero1": 0, "det_rec_len": 12, "det_reserved_zero2": 0,
+                             "det_reserved_ft": FT_DIR_CSUM, "det_checksum": 0})
 
 
 def set_leaf_csum(buf: bytearray, csum_seed: int | None) -> None:
@@ -332,7 +344,7 @@ def set_leaf_csum(buf: bytearray, csum_seed: int | None) -> None:
     if csum_seed is None:
         return
     end = len(buf) - 12
-    buf[end:] = _tail(len(buf))
+    buf[end:] = _TAIL
     buf[end + 8 : end + 12] = crc32c_raw(csum_seed, bytes(buf[:end])).to_bytes(4, "little")
 
 
@@ -419,8 +431,8 @@ def _put_entry(buf: bytearray, pos: int, e_ino: int, rec: int, used: int, name: 
     if e_ino:
         buf[pos + 4 : pos + 6] = rec_len_to_disk(used, block_size).to_bytes(2, "little")
         pos, rec = pos + used, rec - used
-    buf[pos : pos + 8] = DIR_ENTRY.pack({"inode": ino, "rec_len": rec_len_to_disk(rec, block_size),
-                                         "name_len": len(name), "file_type": ft})
+    # (inode, rec_len, name_len, file_type): DIR_ENTRY's table order.
+    buf[pos : pos + 8] = DIR_ENTRY.pack_values(ino, rec_len_to_disk(rec, block_size), len(name), ft)
     buf[pos + 8 : pos + 8 + len(name)] = name
     pad_end = pos + rec_len_for(len(name))
     buf[pos + 8 + len(name) : pad_end] = bytes(pad_end - pos - 8 - len(name))
@@ -452,11 +464,11 @@ def entries_after_insert(entries: list[DirEntry], buf: bytes | bytearray, pos: i
     start = base + pos
     stop = base + record_end(buf, pos, block_size)
     out = list(entries)
-    i = bisect.bisect_right(out, start, key=lambda e: e.offset)
+    i = bisect.bisect_right(out, start, key=_BY_OFFSET)
     if i and out[i - 1].next_offset == stop and out[i - 1].offset < start:
         prev = out[i - 1]
-        out[i - 1] = DirEntry(prev.name, prev.ino, prev.file_type, prev.offset, start)
-    out.insert(i, DirEntry(bytes(name), InodeNo(ino), ft, start, stop))
+        out[i - 1] = _make_entry(prev.name, prev.ino, prev.file_type, prev.offset, start)
+    out.insert(i, _make_entry(bytes(name), InodeNo(ino), ft, start, stop))
     return out
 
 
@@ -469,14 +481,14 @@ def entries_after_remove(entries: list[DirEntry], base: int, pos: int) -> list[D
     ``pos`` (the caller then drops its parse).
     """
     start = base + pos
-    i = bisect.bisect_left(entries, start, key=lambda e: e.offset)
+    i = bisect.bisect_left(entries, start, key=_BY_OFFSET)
     if i == len(entries) or entries[i].offset != start:
         return None
     gone = entries[i]
     out = entries[:i] + entries[i + 1 :]
     if i and out[i - 1].next_offset == start:
         prev = out[i - 1]
-        out[i - 1] = DirEntry(prev.name, prev.ino, prev.file_type, prev.offset, gone.next_offset)
+        out[i - 1] = _make_entry(prev.name, prev.ino, prev.file_type, prev.offset, gone.next_offset)
     return out
 
 
@@ -484,11 +496,11 @@ def entries_after_retarget(entries: list[DirEntry], base: int, pos: int, ino: in
                            ft: int) -> list[DirEntry] | None:
     """``parse_dir_block``'s result after :func:`set_entry_inode` at ``pos`` (None: no entry there)."""
     start = base + pos
-    i = bisect.bisect_left(entries, start, key=lambda e: e.offset)
+    i = bisect.bisect_left(entries, start, key=_BY_OFFSET)
     if i == len(entries) or entries[i].offset != start:
         return None
     e = entries[i]
-    return entries[:i] + [DirEntry(e.name, InodeNo(ino), ft, e.offset, e.next_offset)] + entries[i + 1 :]
+    return entries[:i] + [_make_entry(e.name, InodeNo(ino), ft, e.offset, e.next_offset)] + entries[i + 1 :]
 
 
 def remove_from_block(buf: bytearray, offset: int, block_size: int, csum: bool) -> None:

@@ -64,6 +64,26 @@ def _str2hashbuf(chars: Sequence[int], length: int, num: int) -> list[int]:
     return out
 
 
+def _str2hashbuf_words(data: bytes, length: int, num: int) -> list[int]:
+    """:func:`_str2hashbuf` of ``list(data)`` (characters 0-255: unsigned, or signed without a byte
+    above 0x7F), word by word.
+
+    Feeding four such characters shifts the pad out of the 32-bit value, which is then the
+    big-endian value of their bytes; a last, partial word keeps the pad above its bytes.
+    """
+    pad = (length | (length << 8)) & _M
+    pad = (pad | (pad << 16)) & _M
+    n = min(len(data), num * 4)
+    whole = n & ~3
+    out = [int.from_bytes(data[i : i + 4], "big") for i in range(0, whole, 4)]
+    rest = n - whole
+    if rest or len(out) < num:
+        out.append(((pad << (8 * rest)) | int.from_bytes(data[whole:n], "big")) & _M if rest else pad)
+    while len(out) < num:
+        out.append(pad)
+    return out
+
+
 def _half_md4(buf: list[int], inp: Sequence[int]) -> None:
     """The kernel's ``half_md4_transform``, unrolled (three rounds of eight steps)."""
     m = _M
@@ -169,8 +189,12 @@ def _dirhash(name: bytes, version: int, seed: Sequence[int]) -> tuple[int, int]:
     elif version in (HASH_HALF_MD4, HASH_HALF_MD4_UNSIGNED):
         pos = 0
         remaining = len(chars)
+        # Characters 0-255 (no negative signed char): whole words at once (_str2hashbuf_words).
+        data = bytes(name) if not signed or bytes(name).isascii() else None
         while remaining > 0:
-            _half_md4(buf, _str2hashbuf(chars[pos:], remaining, 8))
+            words = _str2hashbuf_words(data[pos:], remaining, 8) if data is not None else \
+                _str2hashbuf(chars[pos:], remaining, 8)
+            _half_md4(buf, words)
             remaining -= 32
             pos += 32
         major, minor = buf[1], buf[2]

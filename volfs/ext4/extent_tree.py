@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -75,12 +76,16 @@ from volfs.ext4.extents import (
     UNWRITTEN_MAX_LEN,
     Extent,
     build_extent_tree,
+    make_extent,
     split_long,
     tree_nodes_needed,
 )
 
 __all__ = ["TreeIO", "ExtentTree", "KEY_END", "Memo"]
 
+# bisect keys as C callables (a lambda costs a Python call per probe).
+_FIRST: Final = operator.itemgetter(0)
+_LOGICAL: Final = operator.attrgetter("logical")
 KEY_END: Final = 1 << 32  # one past the largest logical block an extent tree can address
 _ROOT: Final = 0  # the block "number" of the root node, which lives in i_block
 _ROOT_MAX: Final = 4  # (60 - 12) // 12 entries fit in i_block
@@ -157,7 +162,7 @@ def _clip(e: Extent, lo: int, hi: int) -> Extent:
     """The part of ``e`` inside ``[lo, hi)`` (which must overlap it)."""
     a = max(e.logical, lo)
     b = min(e.end, hi)
-    return Extent(a, b - a, e.physical + (a - e.logical), e.unwritten)
+    return make_extent(a, b - a, e.physical + (a - e.logical), e.unwritten)
 
 
 def _merge_run(seq: list[Extent]) -> list[Extent]:
@@ -168,7 +173,7 @@ def _merge_run(seq: list[Extent]) -> list[Extent]:
             p = out[-1]
             if (p.end == e.logical and p.unwritten == e.unwritten and p.physical + p.length == e.physical
                     and p.length + e.length <= _max_len(e.unwritten)):
-                out[-1] = Extent(p.logical, p.length + e.length, p.physical, p.unwritten)
+                out[-1] = make_extent(p.logical, p.length + e.length, p.physical, p.unwritten)
                 continue
         out.append(e)
     return out
@@ -241,7 +246,7 @@ class ExtentTree:
                                            f"or outside [{lo}, {hi})")
                 if start == 0 or start + length > self.blocks_count:
                     raise self._bad(block, f"extent {k} maps blocks {start}+{length} outside the filesystem")
-                node.extents.append(Extent(ee_block, length, start, unwritten))
+                node.extents.append(make_extent(ee_block, length, start, unwritten))
                 prev = ee_block + length
             return node
         if entries == 0:
@@ -299,7 +304,7 @@ class ExtentTree:
         lo, hi = 0, KEY_END
         path: list[_Step] = []
         while node.depth:
-            i = max(bisect.bisect_right(node.index, x, key=lambda t: t[0]) - 1, 0)
+            i = max(bisect.bisect_right(node.index, x, key=_FIRST) - 1, 0)
             path.append(_Step(node, i))
             child = self._child(node, i, lo, hi)
             if i:
@@ -307,7 +312,7 @@ class ExtentTree:
             if i + 1 < len(node.index):
                 hi = node.index[i + 1][0]
             node = child
-        path.append(_Step(node, bisect.bisect_right(node.extents, x, key=lambda e: e.logical) - 1))
+        path.append(_Step(node, bisect.bisect_right(node.extents, x, key=_LOGICAL) - 1))
         return path
 
     @staticmethod
@@ -395,7 +400,7 @@ class ExtentTree:
         leaf = path[-1].node
         ext = leaf.extents
         i0 = bisect.bisect_right(ext, lo, key=lambda e: e.end)
-        i1 = bisect.bisect_left(ext, hi, key=lambda e: e.logical)
+        i1 = bisect.bisect_left(ext, hi, key=_LOGICAL)
         mid: list[Extent] = []
         if i0 < i1 and ext[i0].logical < lo:
             mid.append(_clip(ext[i0], 0, lo))
@@ -663,5 +668,5 @@ class ExtentTree:
 
 
 def _pack_header(entries: int, emax: int, depth: int, generation: int) -> bytes:
-    return EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": entries, "eh_max": emax,
-                               "eh_depth": depth, "eh_generation": generation})
+    # (eh_magic, eh_entries, eh_max, eh_depth, eh_generation): EXTENT_HEADER's table order.
+    return EXTENT_HEADER.pack_values(EXT4_EXT_MAGIC, entries, emax, depth, generation)

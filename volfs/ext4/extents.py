@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from volfs.errors import CorruptError
+from volfs.ext4._records import maker
 from volfs.ext4._struct import Struct
 from volfs.ext4.checksum import crc32c_raw
 from volfs.ext4.runlist import Run
 
 __all__ = ["EXTENT_HEADER", "EXTENT", "EXTENT_IDX", "EXTENT_TAIL", "extent_runs", "EXT4_EXT_MAGIC",
            "MAX_DEPTH", "Extent", "read_extents", "tree_nodes_needed", "build_extent_tree", "split_long",
-           "INIT_MAX_LEN", "UNWRITTEN_MAX_LEN"]
+           "INIT_MAX_LEN", "UNWRITTEN_MAX_LEN", "make_extent"]
 
 EXTENT_HEADER = Struct("ext4_extent_header", [
     ("eh_magic", "H"), ("eh_entries", "H"), ("eh_max", "H"), ("eh_depth", "H"), ("eh_generation", "I"),
@@ -138,6 +139,11 @@ class Extent:
     @property
     def end(self) -> int:
         return self.logical + self.length
+
+
+# Extent(logical, length, physical, unwritten), all four given, without the frozen __init__'s cost
+# (_records.py): every write edits a few.
+make_extent: Final = maker(Extent)
 
 
 def read_extents(ino: int, i_block: bytes, read_block: ReadBlock, block_size: int, blocks_count: int,

@@ -59,15 +59,18 @@ LOOKUP is followed by CREATE, whose existence check asks the same question).
 
 from __future__ import annotations
 
+import bisect
 import errno
+import operator
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from volfs.errors import CorruptError, error
+from volfs.ext4._records import maker
 from volfs.ext4.bitmap import verify_block_bitmap, verify_inode_bitmap
 from volfs.ext4.blockmap import blockmap_runs
 from volfs.ext4.cache import BlockCache
@@ -251,15 +254,47 @@ class _DxSlot:
 
 
 class _ParsedSlot:
-    """A parsed directory block (leaf entries or an htree node) and the bytes it came from."""
+    """A parsed directory block (leaf entries or an htree node) and the bytes it came from.
 
-    __slots__ = ("physical", "generation", "data", "value")
+    ``names`` (leaves only, made on the first name lookup in the leaf) maps
+    each name of ``value`` to its entry, so an htree lookup does not scan the
+    leaf.  It is None, or exactly ``{e.name: e for e in value}`` with no name
+    twice in ``value`` (a leaf holding a name twice is scanned, so the first
+    in block order wins); whoever changes ``value`` must keep it so or drop it
+    (:meth:`Filesystem.patch_leaf`).
+    """
+
+    __slots__ = ("physical", "generation", "data", "value", "names")
 
     def __init__(self, physical: int, generation: int, data: bytes, value: list[DirEntry] | DxLevel) -> None:
         self.physical = physical
         self.generation = generation
         self.data = data
         self.value = value
+        self.names: dict[bytes, DirEntry] | None = None
+
+
+_BY_OFFSET: Final = operator.attrgetter("offset")  # (a C callable: bisect calls it per probe)
+
+
+def _around(entries: list[DirEntry], offset: int) -> list[DirEntry]:
+    """The entry at ``offset`` (if any) and the one before it: all that a one-entry edit there changes."""
+    i = bisect.bisect_left(entries, offset, key=_BY_OFFSET)
+    return entries[max(i - 1, 0) : i + 1 if i < len(entries) and entries[i].offset == offset else i]
+
+
+def _patched_names(names: dict[bytes, DirEntry], old: list[DirEntry], new: list[DirEntry],
+                   offset: int) -> dict[bytes, DirEntry] | None:
+    """``names`` (the map of ``old``) made the map of ``new``, which differs from ``old`` only in the
+    entries :func:`_around` ``offset``; None when ``new`` holds a name twice."""
+    for e in _around(old, offset):
+        if names.get(e.name) is e:
+            del names[e.name]
+    for e in _around(new, offset):
+        if e.name in names:
+            return None
+        names[e.name] = e
+    return names
 
 
 class _IndexedBlock:
@@ -323,6 +358,10 @@ class Attr:
     flags: int
     generation: int
     blksize: int
+
+
+# Attr(...) positionally, without the frozen __init__'s cost (_records.py): getattr makes one per inode version.
+_make_attr: Final = maker(Attr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +515,8 @@ class Filesystem:
         self._dx_roots.pop(ino)
         self._dx_miss = None
 
-    def install_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes) -> None:
+    def install_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes,
+                      place: tuple[int, int] | None | bool = True) -> None:
         """Cache the record the write side just put at (``block``, ``offset``) as ``ino``'s parse.
 
         The write side computed ``raw`` (checksum included), so it is parsed
@@ -486,14 +526,24 @@ class Filesystem:
         "Decoded caches").  Anything that would make the next :meth:`inode`
         decode differently, or refuse (the served bytes do not hold ``raw``,
         the record lies outside the initialised inode table), drops the entry
-        instead, so that call reads it as before.
+        instead, so that call reads it as before.  ``place`` is
+        :meth:`inode_place` of ``ino`` when the caller has just asked it
+        (nothing changed since); True: ask it here.
         """
         cache = self.cache
         sb = self.sb
         size = sb.inode_size
         data = cache.read(block, "inode table", ino)
         self._attrs.pop(ino)
-        if len(raw) != size or data[offset : offset + size] != raw or (block, offset) != self._inode_place(ino):
+        if place is not True:
+            # The caller's answer holds unless the put changed the descriptor it came from (a
+            # hostile image whose inode table overlaps the descriptor table): then ask again.
+            desc = self._descs.get((ino - 1) // sb.inodes_per_group)
+            if desc is None or desc.block == block:
+                place = True
+        if place is True:
+            place = self.inode_place(ino)
+        if len(raw) != size or data[offset : offset + size] != raw or (block, offset) != place:
             self._inodes.pop(ino)
             return
         rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
@@ -501,7 +551,21 @@ class Filesystem:
                           csum_seed=None, block=block)
         self._inodes.put(ino, _InodeSlot(cache.epoch, block, data, offset, rec))
 
-    def _inode_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
+    def install_desc(self, group: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:
+        """Cache ``desc`` as the decode of descriptor ``raw``, just put in ``block`` as part of ``data``.
+
+        The write side (the allocator) decoded what it wrote; the slot is
+        stamped with the current epoch and ``data``, the object the cache now
+        serves for ``block``, so from here on it is revalidated like any other
+        entry (see "Decoded caches").  Nothing is cached when the cache does
+        not serve ``data`` there.
+        """
+        if self.cache.read(block, "group descriptor") is not data:
+            self._descs.pop(group, None)
+            return
+        self._descs[group] = _DescSlot(self.cache.epoch, block, data, raw, desc)
+
+    def inode_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
         """(inode-table block, offset) of ``ino`` when :meth:`inode` would read it there, else None.
 
         None: the number is out of range or the record lies in the part of
@@ -711,8 +775,8 @@ class Filesystem:
         if r.flags & EXT4_INLINE_DATA_FL and r.is_reg:
             # As the kernel's ext4_file_getattr: count inline bytes so the file does not look sparse.
             blocks += (r.size + 511) >> 9
-        attr = Attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, blocks, r.atime_ns,
-                    r.mtime_ns, r.ctime_ns, r.crtime_ns, r.flags, r.generation, self.sb.block_size)
+        attr = _make_attr(r.ino, r.mode, r.links_count, r.uid, r.gid, r.rdev, r.size, blocks, r.atime_ns,
+                          r.mtime_ns, r.ctime_ns, r.crtime_ns, r.flags, r.generation, self.sb.block_size)
         self._attrs.put(ino, (r, attr))
         return attr
 
@@ -855,14 +919,55 @@ class Filesystem:
             return slot
         return None
 
-    def _leaf_entries_cached(self, rec: Inode, lblock: int, phys: int, data: bytes) -> list[DirEntry]:
-        """:meth:`_leaf_entries` through the parsed-block cache (callers never mutate the list)."""
+    def _leaf_slot(self, rec: Inode, lblock: int, phys: int, data: bytes) -> tuple[_ParsedSlot, list[DirEntry]]:
+        """The parsed-block cache's slot for leaf ``lblock`` made from ``data`` (parsed if need be),
+        and its entries."""
         slot = self._parsed_block("leaf", rec, lblock, phys, data)
         if slot is not None and isinstance(slot.value, list):
-            return slot.value
+            return slot, slot.value
         entries = self._leaf_entries(rec, lblock, phys, data)
-        self._parsed.put(("leaf", rec.ino, lblock), _ParsedSlot(phys, rec.generation, data, entries))
-        return entries
+        slot = _ParsedSlot(phys, rec.generation, data, entries)
+        self._parsed.put(("leaf", rec.ino, lblock), slot)
+        return slot, entries
+
+    def _leaf_entries_cached(self, rec: Inode, lblock: int, phys: int, data: bytes) -> list[DirEntry]:
+        """:meth:`_leaf_entries` through the parsed-block cache (callers never mutate the list)."""
+        return self._leaf_slot(rec, lblock, phys, data)[1]
+
+    def _leaf_find(self, rec: Inode, lblock: int, phys: int, data: bytes, name: bytes) -> DirEntry | None:
+        """The first entry named ``name`` in leaf ``lblock`` (as a scan finds it), through the slot's
+        name map (see :class:`_ParsedSlot`)."""
+        slot, entries = self._leaf_slot(rec, lblock, phys, data)
+        names = slot.names
+        if names is None:
+            names = {e.name: e for e in entries}
+            if len(names) != len(entries):
+                return next((e for e in entries if e.name == name), None)  # a name twice: scan
+            slot.names = names
+        return names.get(name)
+
+    def patch_leaf(self, rec: Inode, lblock: int, phys: int, old: bytes, offset: int,
+                   edit: Callable[[list[DirEntry]], list[DirEntry] | None]) -> None:
+        """Carry the cached parse of leaf ``lblock`` (made from ``old``) across a one-entry edit.
+
+        The write side has just put new bytes for the leaf, changing only the
+        entry at block offset ``offset`` (and the record before it); ``edit``
+        turns the parse of ``old`` into the parse of the new bytes (None:
+        unknown, the parse is dropped and made again when needed).  The name
+        map is patched with it.  The slot is then stamped with the bytes the
+        cache serves, and checked against them on every use as always.
+        """
+        slot = self._parsed_block("leaf", rec, lblock, phys, old)
+        if slot is None or not isinstance(slot.value, list):
+            return
+        entries = edit(slot.value)
+        if entries is None:
+            self._parsed.pop(("leaf", rec.ino, lblock))
+            return
+        if slot.names is not None:
+            slot.names = _patched_names(slot.names, slot.value, entries, lblock * self.sb.block_size + offset)
+        slot.value = entries
+        slot.data = self.cache.read(phys, "directory block", rec.ino)
 
     def _leaf_entries(self, rec: Inode, lblock: int, phys: int, data: bytes) -> list[DirEntry]:
         sb = self.sb
@@ -1102,24 +1207,43 @@ class Filesystem:
         self._dx_miss = (epoch, rec, name) if found is None else None
         return found
 
+    def dx_root(self, rec: Inode) -> tuple[int, bytes, DxIndex]:
+        """(physical block, bytes, parse) of htree directory ``rec``'s dx_root, checked.
+
+        Cached (see "Decoded caches"): the parse is reused while the block
+        holds the bytes it was made from.  The write side reads the index
+        through here too.
+        """
+        epoch = self.cache.epoch
+        slot = self._dx_roots.get(rec.ino)
+        if slot is not None and slot.epoch == epoch:
+            return slot.block, slot.data, slot.root
+        pb, data = self._dir_block(rec, 0)
+        if slot is not None and slot.block == pb and slot.generation == rec.generation and \
+                (slot.data is data or slot.data == data):
+            slot.epoch, slot.data = epoch, data
+            return pb, data, slot.root
+        root = parse_dx_root(data, ino=rec.ino, block=pb, block_size=self.sb.block_size,
+                             large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=self._inode_seed(rec),
+                             salvage=self.salvage)
+        self._dx_roots.put(rec.ino, _DxSlot(epoch, pb, rec.generation, data, root))
+        return pb, data, root
+
+    def dx_node(self, rec: Inode, lblock: int) -> tuple[int, bytes, DxLevel]:
+        """(physical block, bytes, parse) of interior index block ``lblock`` of ``rec``, checked and cached."""
+        pb, data = self._dir_block(rec, lblock)
+        slot = self._parsed_block("node", rec, lblock, pb, data)
+        if slot is not None and isinstance(slot.value, DxLevel):
+            return pb, data, slot.value
+        node = parse_dx_node(data, ino=rec.ino, block=pb, lblock=lblock, block_size=self.sb.block_size,
+                             csum_seed=self._inode_seed(rec), salvage=self.salvage)
+        self._parsed.put(("node", rec.ino, lblock), _ParsedSlot(pb, rec.generation, data, node))
+        return pb, data, node
+
     def _dx_walk(self, rec: Inode, name: bytes, epoch: int) -> DirEntry | None:
         """:meth:`_dx_find` without the memo of its last miss."""
         bs = self.sb.block_size
-        seed = self._inode_seed(rec)
-        slot = self._dx_roots.get(rec.ino)
-        if slot is not None and slot.epoch == epoch:
-            root = slot.root
-        else:
-            pb, data = self._dir_block(rec, 0)
-            if slot is not None and slot.block == pb and slot.generation == rec.generation and \
-                    (slot.data is data or slot.data == data):
-                slot.epoch, slot.data = epoch, data
-                root = slot.root
-            else:
-                root = parse_dx_root(data, ino=rec.ino, block=pb, block_size=bs,
-                                     large_dir=self.sb.has_incompat(INCOMPAT_LARGEDIR), csum_seed=seed,
-                                     salvage=self.salvage)
-                self._dx_roots.put(rec.ino, _DxSlot(epoch, pb, rec.generation, data, root))
+        root = self.dx_root(rec)[2]
         version = self._hash_version(root)
         h = self._hashes.get((name, version))
         if h is None:
@@ -1133,20 +1257,13 @@ class Filesystem:
         nblocks = (rec.size + bs - 1) // bs
 
         def read_node(lblock: int) -> DxLevel:
-            pb, data = self._dir_block(rec, lblock)
-            slot = self._parsed_block("node", rec, lblock, pb, data)
-            if slot is not None and isinstance(slot.value, DxLevel):
-                return slot.value
-            node = parse_dx_node(data, ino=rec.ino, block=pb, lblock=lblock, block_size=bs, csum_seed=seed,
-                                 salvage=self.salvage)
-            self._parsed.put(("node", rec.ino, lblock), _ParsedSlot(pb, rec.generation, data, node))
-            return node
+            return self.dx_node(rec, lblock)[2]
 
-        def read_leaf(lblock: int) -> list[DirEntry]:
+        def find_in_leaf(lblock: int) -> DirEntry | None:
             pb, data = self._dir_block(rec, lblock)
-            return self._leaf_entries_cached(rec, lblock, pb, data)
+            return self._leaf_find(rec, lblock, pb, data, name)
 
-        return dx_lookup(root, name, h, read_node, read_leaf, nblocks)
+        return dx_lookup(root, name, h, read_node, find_in_leaf, nblocks)
 
     # --- xattrs -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from volfs.errors import CorruptError
+from volfs.ext4._records import maker
 from volfs.ext4._struct import Struct
 from volfs.ext4.checksum import crc16, crc32c_raw
 from volfs.ext4.superblock import (
@@ -62,6 +63,10 @@ class GroupDesc:
     block_bitmap_csum: int
     inode_bitmap_csum: int
     checksum: int
+
+
+# GroupDesc(...) positionally, without the frozen __init__'s cost (_records.py).
+_make_desc: Final = maker(GroupDesc)
 
 
 def _is_power(n: int, base: int) -> bool:
@@ -137,14 +142,14 @@ def parse_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, *, ve
     # Positional unpacking (no per-field name lookups): descriptors are decoded on every allocation.
     if sb.desc_size >= 64:
         v = GROUP_DESC64.unpack_ints(raw)
-        bb, ib, it, fb, fi, ud, iu, bbc, ibc = (v[lo] | (v[hi] << shift) for lo, hi, shift in _PAIRS)
+        bb, ib, it, fb, fi, ud, iu, bbc, ibc = [v[lo] | (v[hi] << shift) for lo, hi, shift in _PAIRS]
         pos = _POS64
     else:
         v = GROUP_DESC32.unpack_ints(raw)
-        bb, ib, it, fb, fi, ud, iu, bbc, ibc = (v[lo] for lo in _LOS32)
+        bb, ib, it, fb, fi, ud, iu, bbc, ibc = [v[lo] for lo in _LOS32]
         pos = _POS32
-    desc = GroupDesc(GroupNo(group), BlockNo(bb), BlockNo(ib), BlockNo(it), fb, fi, ud, v[pos["bg_flags"]],
-                     iu, bbc, ibc, v[pos["bg_checksum"]])
+    desc = _make_desc(GroupNo(group), BlockNo(bb), BlockNo(ib), BlockNo(it), fb, fi, ud, v[pos["bg_flags"]],
+                      iu, bbc, ibc, v[pos["bg_checksum"]])
     if verify:
         if sb.metadata_csum or sb.gdt_csum:
             want = group_desc_checksum(sb, fs_seed, group, raw)
@@ -173,6 +178,12 @@ _WIDE: Final = {
 }
 
 
+# The same as byte offsets (update_group_desc runs on every allocation).
+_WIDE_OFFSETS: Final = {key: (GROUP_DESC32.offsets[lo], GROUP_DESC64.offsets[hi]) for key, (lo, hi) in _WIDE.items()}
+_FLAGS_OFF: Final = GROUP_DESC32.offsets["bg_flags"]
+_U16: Final = struct.Struct("<H")
+
+
 def update_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, values: dict[str, int]) -> bytes:
     """``raw`` (one ``s_desc_size`` descriptor) with ``values`` set and bg_checksum recomputed.
 
@@ -183,17 +194,37 @@ def update_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, valu
     wide = sb.desc_size >= 64
     for key, value in values.items():
         if key == "flags":
-            struct.pack_into("<H", buf, GROUP_DESC32.offsets["bg_flags"], value)
+            _U16.pack_into(buf, _FLAGS_OFF, value)
             continue
-        lo, hi = _WIDE[key]
-        struct.pack_into("<H", buf, GROUP_DESC32.offsets[lo], value & 0xFFFF)
+        lo, hi = _WIDE_OFFSETS[key]
+        _U16.pack_into(buf, lo, value & 0xFFFF)
         if wide:
-            struct.pack_into("<H", buf, GROUP_DESC64.offsets[hi], (value >> 16) & 0xFFFF)
+            _U16.pack_into(buf, hi, (value >> 16) & 0xFFFF)
         elif value >> 16 and not key.endswith("_csum"):
             raise ValueError(f"{key} {value} does not fit a 32-byte descriptor")
-    if sb.metadata_csum or sb.gdt_csum:
-        struct.pack_into("<H", buf, _CSUM_OFF, group_desc_checksum(sb, fs_seed, group, bytes(buf)))
+    if sb.metadata_csum:
+        # group_desc_checksum, computed on this copy: its checksum field zeroed in place.
+        _U16.pack_into(buf, _CSUM_OFF, 0)
+        _U16.pack_into(buf, _CSUM_OFF, crc32c_raw(_group_seed(fs_seed, group), bytes(buf)) & 0xFFFF)
+    elif sb.gdt_csum:
+        _U16.pack_into(buf, _CSUM_OFF, group_desc_checksum(sb, fs_seed, group, bytes(buf)))
     return bytes(buf)
+
+
+# crc(fs seed, le32 group) by (fs seed, group): a pure function of its key, so never stale; bounded.
+_GROUP_SEEDS: dict[tuple[int, int], int] = {}
+_GROUP_SEEDS_MAX: Final = 4096
+
+
+def _group_seed(fs_seed: int, group: int) -> int:
+    key = (fs_seed, group)
+    seed = _GROUP_SEEDS.get(key)
+    if seed is None:
+        seed = crc32c_raw(fs_seed, struct.pack("<I", group))
+        if len(_GROUP_SEEDS) >= _GROUP_SEEDS_MAX:
+            _GROUP_SEEDS.clear()
+        _GROUP_SEEDS[key] = seed
+    return seed
 
 
 def group_blocks(sb: Superblock, group: int) -> int:

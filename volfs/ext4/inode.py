@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, cast
 
 from volfs.errors import CorruptError
+from volfs.ext4._records import maker
 from volfs.ext4._struct import Struct
 from volfs.ext4.checksum import crc32c_raw, inode_seed
 from volfs.ext4.types import InodeNo
@@ -117,6 +118,10 @@ class Inode:
         return self.raw[start:] if start < len(self.raw) else b""
 
 
+# Inode(...) with every field, positionally, without the frozen __init__'s cost (_records.py).
+_make_inode: Final = maker(Inode)
+
+
 def inode_checksum(seed: int, raw: bytes, extra_isize: int) -> int:
     """crc over the whole record with l_i_checksum_lo (and i_checksum_hi) zeroed."""
     has_hi = len(raw) > INODE_BASE_SIZE and extra_isize >= 4
@@ -196,19 +201,19 @@ def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block
         if flags & EXT4_HUGE_FILE_FL:
             blocks *= block_size // 512
     ib = head[_I_BLOCK_OFF : _I_BLOCK_OFF + 60]
-    return Inode(
-        ino=InodeNo(ino), mode=mode, uid=v[_I_UID] | (v[_I_UID_HIGH] << 16),
-        gid=v[_I_GID] | (v[_I_GID_HIGH] << 16), size=size, links_count=v[_I_LINKS],
-        blocks_512=blocks, flags=flags, generation=v[_I_GENERATION],
-        file_acl=v[_I_FILE_ACL_LO] | (v[_I_FILE_ACL_HIGH] << 32),
-        atime_ns=_time_ns(v[_I_ATIME], v[_I_ATIME_EXTRA] if covered >= 16 else None),
-        mtime_ns=_time_ns(v[_I_MTIME], v[_I_MTIME_EXTRA] if covered >= 12 else None),
-        ctime_ns=_time_ns(v[_I_CTIME], v[_I_CTIME_EXTRA] if covered >= 8 else None),
-        crtime_ns=_time_ns(v[_I_CRTIME], v[_I_CRTIME_EXTRA] if covered >= 24 else None) if covered >= 20 else None,
-        dtime=v[_I_DTIME], i_block=ib, extra_isize=extra_isize,
-        projid=v[_I_PROJID] if covered >= 32 else 0,
-        version=v[_I_VERSION] | ((v[_I_VERSION_HI] if covered >= 28 else 0) << 32),
-        raw=raw if type(raw) is bytes else bytes(raw),
+    # Inode's fields in declaration order: ino, mode, uid, gid, size, links_count, blocks_512, flags,
+    # generation, file_acl, atime_ns, mtime_ns, ctime_ns, crtime_ns, dtime, i_block, extra_isize, projid,
+    # version, raw.
+    return _make_inode(
+        InodeNo(ino), mode, v[_I_UID] | (v[_I_UID_HIGH] << 16), v[_I_GID] | (v[_I_GID_HIGH] << 16), size,
+        v[_I_LINKS], blocks, flags, v[_I_GENERATION], v[_I_FILE_ACL_LO] | (v[_I_FILE_ACL_HIGH] << 32),
+        _time_ns(v[_I_ATIME], v[_I_ATIME_EXTRA] if covered >= 16 else None),
+        _time_ns(v[_I_MTIME], v[_I_MTIME_EXTRA] if covered >= 12 else None),
+        _time_ns(v[_I_CTIME], v[_I_CTIME_EXTRA] if covered >= 8 else None),
+        _time_ns(v[_I_CRTIME], v[_I_CRTIME_EXTRA] if covered >= 24 else None) if covered >= 20 else None,
+        v[_I_DTIME], ib, extra_isize, v[_I_PROJID] if covered >= 32 else 0,
+        v[_I_VERSION] | ((v[_I_VERSION_HI] if covered >= 28 else 0) << 32),
+        raw if type(raw) is bytes else bytes(raw),
     )
 
 
@@ -223,6 +228,8 @@ _TIME_FIELDS: Final = {"a": ("i_atime", "i_atime_extra"), "m": ("i_mtime", "i_mt
 _TIME_SLOTS: Final = {w: (INODE.offsets[b], _FIELDS[b][2], INODE.offsets[e], _FIELDS[e][2])
                       for w, (b, e) in _TIME_FIELDS.items()}
 _U32: Final = struct.Struct("<I")
+_U16: Final = struct.Struct("<H")
+_GENERATION_OFF: Final = INODE.offsets["i_generation"]
 _S32_MIN: Final = -(1 << 31)
 # Latest time representable with the epoch bits: (2^31 - 1) + (3 << 32) seconds.
 _MAX_SEC_EXTRA: Final = (1 << 31) - 1 + (3 << 32)
@@ -359,11 +366,21 @@ class InodeEditor:
         self.buf[start:] = area
 
     def finish(self, fs_seed: int | None, ino: int) -> bytes:
-        """The record with its checksum (``fs_seed`` under metadata_csum, else None)."""
+        """The record with its checksum (``fs_seed`` under metadata_csum, else None).
+
+        :func:`inode_checksum` of the record, computed in place: the checksum
+        fields are zeroed in the buffer itself (they are rewritten right after)
+        instead of in a copy.
+        """
+        buf = self.buf
         if fs_seed is not None:
-            seed = inode_seed(fs_seed, ino, self.get("i_generation"))
-            crc = inode_checksum(seed, bytes(self.buf), self.extra_isize)
-            self.set("l_i_checksum_lo", crc & 0xFFFF)
-            if len(self.buf) > INODE_BASE_SIZE and self.extra_isize >= 4:
-                self.set("i_checksum_hi", crc >> 16)
-        return bytes(self.buf)
+            seed = inode_seed(fs_seed, ino, _U32.unpack_from(buf, _GENERATION_OFF)[0])
+            has_hi = len(buf) > INODE_BASE_SIZE and self.extra_isize >= 4
+            _U16.pack_into(buf, _CSUM_LO, 0)
+            if has_hi:
+                _U16.pack_into(buf, _CSUM_HI, 0)
+            crc = crc32c_raw(seed, bytes(buf))
+            _U16.pack_into(buf, _CSUM_LO, crc & 0xFFFF)
+            if has_hi:
+                _U16.pack_into(buf, _CSUM_HI, crc >> 16)
+        return bytes(buf)

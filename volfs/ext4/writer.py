@@ -64,9 +64,9 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal
 
 from volfs.errors import CorruptError, VolfsError, error
 from volfs.ext4.alloc import Allocator
@@ -86,7 +86,6 @@ from volfs.ext4.directory import (
     leaf_slack,
     mode_to_ft,
     parse_dir_block,
-    parse_dx_node,
     parse_dx_root,
     rec_len_for,
     record_end,
@@ -99,6 +98,7 @@ from volfs.ext4.extents import (
     EXTENT_HEADER,
     Extent,
     build_extent_tree,
+    make_extent,
     read_extents,
     split_long,
     tree_nodes_needed,
@@ -111,7 +111,6 @@ from volfs.ext4.htree_write import (
     ROOT_COUNT_OFFSET,
     LeafEntry,
     dx_limit,
-    dx_read,
     dx_write,
     insert_dx_entry,
     new_dx_node,
@@ -320,30 +319,9 @@ class Writer:
             self._put_sb({"s_feature_ro_compat": fs.sb.ro_compat & ~RO_COMPAT_ORPHAN_PRESENT})
         self.commit(clean=True)
 
-    @contextmanager
-    def op(self) -> Iterator[None]:
-        """One atomic operation (see the module header)."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._depth = 1
-        self.txn.begin()
-        try:
-            yield
-        except BaseException:
-            self.txn.abort()
-            self._dirs.clear()
-            self.fs.forget_all()
-            self.fs.reload_superblock()
-            raise
-        else:
-            self.txn.end()
-        finally:
-            self._depth = 0
+    def op(self) -> _Op:
+        """One atomic operation (see the module header): ``with writer.op(): ...``."""
+        return _Op(self)
 
     # -- inodes ------------------------------------------------------------------
 
@@ -366,14 +344,23 @@ class Writer:
 
     def store(self, ino: int, ed: InodeEditor) -> None:
         fs = self.fs
-        _g, blk, off = fs.inode_location(ino)
+        # Where inode() reads the record (None: outside the initialised table, where this side
+        # still writes it, and the read side refuses it as before).
+        place = fs.inode_place(ino)
+        blk: int
+        off: int
+        if place is None:
+            _g, blk, off = fs.inode_location(ino)
+        else:
+            blk, off = place
         data = bytearray(self.txn.read(blk, "inode table", ino))
         raw = ed.finish(self._csum_seed(), ino)
         data[off : off + fs.sb.inode_size] = raw
         self.txn.put(blk, data)
         # The read side takes the record as written instead of decoding (and verifying) it again
         # on the next inode(); its other decoded caches revalidate against the new bytes by themselves.
-        fs.install_inode(ino, blk, off, raw)
+        # (The place still holds: putting an inode-table block changes no descriptor.)
+        fs.install_inode(ino, blk, off, raw, place)
 
     def _writable_inode(self, rec: Inode) -> None:
         if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL):
@@ -550,7 +537,7 @@ class Writer:
             for e in inside:
                 if e.logical > pos:
                     segs.extend(run_iter.take(pos, e.logical - pos))
-                segs.append(Extent(e.logical, e.length, e.physical, False))
+                segs.append(make_extent(e.logical, e.length, e.physical, False))
                 old_unwritten[e.logical] = e.unwritten
                 pos = e.end
             if last + 1 > pos:
@@ -900,30 +887,23 @@ class Writer:
         if len(self._leaf_last) >= _LEAF_HINTS:
             self._leaf_last.clear()
         self._leaf_last[pb] = (new, last)
-        self._patch_leaf_parse(rec, lb, pb, old,
+        self._patch_leaf_parse(rec, lb, pb, old, pos,
                                lambda entries: entries_after_insert(entries, new, pos, name, ino, ft, lb * bs, bs))
         return pb, pos
 
-    def _patch_leaf_parse(self, rec: Inode, lb: int, pb: int, old: bytes,
+    def _patch_leaf_parse(self, rec: Inode, lb: int, pb: int, old: bytes, pos: int,
                           edit: Callable[[list[DirEntry]], list[DirEntry] | None]) -> None:
-        """Carry the read side's parse of leaf ``lb`` (made from ``old``) across an edit of one entry.
+        """Carry the read side's parse of leaf ``lb`` (made from ``old``) across an edit of the entry at ``pos``.
 
         Re-parsing a full leaf costs about a millisecond; ``edit`` gives the parse of the new
         bytes from the old one (None: unknown, the parse is dropped and made again when needed).
-        The read side still checks the slot against the block's bytes as always.
+        The read side still checks the slot against the block's bytes as always
+        (:meth:`Filesystem.patch_leaf`).
         """
         fs = self.fs
         if fs.salvage or not fs.sb.has_incompat(INCOMPAT_FILETYPE):
             return
-        slot = fs._parsed_block("leaf", rec, lb, pb, old)
-        if slot is None or not isinstance(slot.value, list):
-            return
-        entries = edit(slot.value)
-        if entries is None:
-            fs._parsed.pop(("leaf", rec.ino, lb))
-            return
-        slot.value = entries
-        slot.data = fs.cache.read(pb, "directory block", rec.ino)
+        fs.patch_leaf(rec, lb, pb, old, pos, edit)
 
     def _find_existing(self, rec: Inode, name: bytes) -> tuple[int, int, int, int]:
         """:meth:`_find`, with ENOENT when ``name`` is not there."""
@@ -1076,28 +1056,26 @@ class Writer:
         bs = fs.sb.block_size
         csum = fs.sb.metadata_csum
         seed = self._iseed(rec.ino, rec.generation)
-        pb0, root = self._dir_block(rec, 0)
-        info = parse_dx_root(bytes(root), ino=rec.ino, block=pb0, block_size=bs, large_dir=False,
-                             csum_seed=seed)
+        # The index blocks as the read side parsed and verified them (the same checks this side
+        # would make), reused while the blocks hold the bytes they were parsed from.
+        pb0, root, info = fs.dx_root(rec)
         version = info.hash_version
         h, minor = self._dx_hash(version, name)
-        # The path: (logical block, physical block, bytes, count offset, entries, position taken).
-        path: list[tuple[int, int, bytearray, int, list[tuple[int, int]], int]] = []
-        lb, pb, buf, co = 0, pb0, root, ROOT_COUNT_OFFSET
+        # The path: (logical block, physical block, bytes, count offset, parsed level, position taken).
+        path: list[tuple[int, int, bytes, int, DxLevel, int]] = []
+        lb, pb, data, co, level = 0, pb0, root, ROOT_COUNT_OFFSET, info.root
         nblocks = (rec.size + bs - 1) // bs
         for depth in range(info.indirect_levels + 1):
-            entries = dx_read(buf, co)
-            at = dx_find(DxLevel(tuple(entries), lb), h)
-            path.append((lb, pb, buf, co, entries, at))
-            child = entries[at][1]
+            at = dx_find(level, h)
+            path.append((lb, pb, data, co, level, at))
+            child = level.entries[at][1]
             if not 0 < child < nblocks:
                 raise CorruptError("htree", f"index entry points at block {child}", inode=rec.ino, block=pb)
             if depth < info.indirect_levels:
                 lb = child
-                pb, buf = self._dir_block(rec, lb)
-                parse_dx_node(bytes(buf), ino=rec.ino, block=pb, lblock=lb, block_size=bs, csum_seed=seed)
+                pb, data, level = fs.dx_node(rec, lb)
                 co = NODE_COUNT_OFFSET
-        leaf_lb = path[-1][4][path[-1][5]][1]
+        leaf_lb = path[-1][4].entries[path[-1][5]][1]
         if self._insert_leaf(rec, leaf_lb, name, ino, ft) is not None:
             return
         leaf_pb, leaf = self._dir_block(rec, leaf_lb)
@@ -1105,7 +1083,7 @@ class Writer:
         items = self._leaf_items(rec, leaf, leaf_pb, version)
         items = sorted(items + [LeafEntry(h, minor, name, ino, ft)], key=lambda e: (e.hash, e.minor))
         cut, key = split_point(items)
-        full = [len(p[4]) >= dx_limit(bs, p[3], csum) for p in path]
+        full = [len(p[4].entries) >= dx_limit(bs, p[3], csum) for p in path]
         # Blocks needed: the new leaf, plus a node for each full index block that must split or move down.
         new_nodes = 0
         if full[-1]:
@@ -1119,25 +1097,30 @@ class Writer:
         new_leaf_lb, new_leaf_pb = new[0]
         self.txn.put(leaf_pb, pack_leaf(items[:cut], bs, seed, csum))
         self.txn.put(new_leaf_pb, pack_leaf(items[cut:], bs, seed, csum))
-        plb, ppb, pbuf, pco, pentries, pat = path[-1]
+        plb, ppb, pdata, pco, plevel, pat = path[-1]
+        pentries = list(plevel.entries)
         insert_dx_entry(pentries, pat, key, new_leaf_lb)
         if not full[-1]:
+            pbuf = bytearray(pdata)
             dx_write(pbuf, pco, pentries, seed)
             self.txn.put(ppb, pbuf)
         elif len(path) == 1:
             node_lb, node_pb = new[1]
             self.txn.put(node_pb, new_dx_node(bs, pentries, seed, csum))
-            parent = struct.unpack_from("<I", pbuf, 12)[0]
+            parent = struct.unpack_from("<I", pdata, 12)[0]
             self.txn.put(ppb, new_dx_root(rec.ino, parent, bs, version, 1, [(0, node_lb)], seed, csum))
         else:
             node_lb, node_pb = new[1]
             half = len(pentries) // 2
             low, high = pentries[:half], pentries[half:]
+            pbuf = bytearray(pdata)
             dx_write(pbuf, pco, low, seed)
             self.txn.put(ppb, pbuf)
             self.txn.put(node_pb, new_dx_node(bs, high, seed, csum))
-            rlb, rpb, rbuf, rco, rentries, rat = path[0]
+            rlb, rpb, rdata, rco, rlevel, rat = path[0]
+            rentries = list(rlevel.entries)
             insert_dx_entry(rentries, rat, high[0][0], node_lb)
+            rbuf = bytearray(rdata)
             dx_write(rbuf, rco, rentries, seed)
             self.txn.put(rpb, rbuf)
         fs.forget_inode(rec.ino)
@@ -1158,7 +1141,7 @@ class Writer:
         remove_from_block(buf, pos, bs, csum)
         set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
         self.txn.put(pb, buf)
-        self._patch_leaf_parse(rec, lb, pb, old, lambda entries: entries_after_remove(entries, lb * bs, pos))
+        self._patch_leaf_parse(rec, lb, pb, old, pos, lambda entries: entries_after_remove(entries, lb * bs, pos))
         st = self._dirs.get(dir_ino)
         if st is not None:
             del st.names[name]
@@ -1180,7 +1163,8 @@ class Writer:
         set_leaf_csum(buf, self._iseed(rec.ino, rec.generation))
         self.txn.put(pb, buf)
         base = lb * fs.sb.block_size
-        self._patch_leaf_parse(rec, lb, pb, old, lambda entries: entries_after_retarget(entries, base, pos, ino, ft))
+        self._patch_leaf_parse(rec, lb, pb, old, pos,
+                               lambda entries: entries_after_retarget(entries, base, pos, ino, ft))
         st = self._dirs.get(dir_ino)
         if st is not None:
             st.names[name] = (lb, pos, ino, ft)
@@ -1680,10 +1664,13 @@ class Writer:
         self.maybe_commit()
 
 
+_EMPTY_EXTENT_ROOT: Final = EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": 0, "eh_max": 4,
+                                                "eh_depth": 0, "eh_generation": 0}) + bytes(48)
+
+
 def _empty_extent_root() -> bytes:
-    hdr = EXTENT_HEADER.pack({"eh_magic": EXT4_EXT_MAGIC, "eh_entries": 0, "eh_max": 4, "eh_depth": 0,
-                              "eh_generation": 0})
-    return hdr + bytes(48)
+    """i_block of an extent-mapped inode with no extents (a constant: every new file starts so)."""
+    return _EMPTY_EXTENT_ROOT
 
 
 def _pack_ibody(entries: list[tuple[int, bytes, bytes]], size: int) -> bytes | None:
@@ -1734,6 +1721,51 @@ def _merge(extents: list[Extent]) -> list[Extent]:
     return out
 
 
+class _Op:
+    """The context manager of :meth:`Writer.op` (a class: the generator-based kind costs a few
+    microseconds per operation, as much as a small operation's own work).
+
+    The outermost operation opens the transaction's undo scope; leaving it
+    normally closes the scope, leaving it by an exception rolls the scope
+    back and drops every decoded cache (the read side's and the directory
+    tables), then lets the exception go on.  Nested operations only count
+    their depth: the outermost one decides.
+    """
+
+    __slots__ = ("w", "outer")
+
+    def __init__(self, w: Writer) -> None:
+        self.w = w
+        self.outer = False
+
+    def __enter__(self) -> None:
+        w = self.w
+        if w._depth:
+            w._depth += 1
+            return
+        self.outer = True
+        w._depth = 1
+        w.txn.begin()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        w = self.w
+        if not self.outer:
+            w._depth -= 1
+            return False
+        try:
+            if exc_type is None:
+                w.txn.end()
+            else:
+                w.txn.abort()
+                w._dirs.clear()
+                w.fs.forget_all()
+                w.fs.reload_superblock()
+        finally:
+            w._depth = 0
+        return False
+
+
 class _RunFeeder:
     """Hands out newly allocated blocks, in order, for the holes of a write."""
 
@@ -1749,7 +1781,7 @@ class _RunFeeder:
         while count:
             start, n = self.runs[self.i]
             k = min(n - self.used, count)
-            out.append(Extent(logical, k, start + self.used, False))
+            out.append(make_extent(logical, k, start + self.used, False))
             logical += k
             count -= k
             self.used += k
