@@ -145,6 +145,11 @@ class WriteBehind:
             log.warning("write-behind of %d bytes at offset %d of inode %d failed (reported to the handle's "
                         "next write or fsync): %s", len(data), run.offset, run.ino, exc)  # fmt: skip
             self._errors.setdefault(run.fh, exc)
+        except Exception:
+            # A bug, not a storage error. Drains run outside any handler's error mapping (before
+            # a request, from the idle task), where an exception would end the FUSE main loop.
+            log.exception("internal error in the write-behind of inode %d", run.ino)
+            self._errors.setdefault(run.fh, OSError(errno.EIO, "internal error while writing behind"))
 
     def take_error(self, fh: int) -> OSError | None:
         """The failure of a drained run of ``fh`` not yet reported, once."""

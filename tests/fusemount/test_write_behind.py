@@ -47,7 +47,7 @@ class Counting:
     def __init__(self, backend: Ext4Backend) -> None:
         self._b = backend
         self.writes: list[tuple[int, int]] = []
-        self.fail: OSError | None = None
+        self.fail: Exception | None = None
         self.statfs_calls = 0
 
     def statfs(self) -> Any:
@@ -229,6 +229,26 @@ def test_a_failed_drain_is_reported_by_the_next_write_or_fsync(harness: Harness,
     harness.call("release", fh)  # drains, fails: only the log knows (a close without fsync, as on ext4)
     harness.backend.fail = None
     assert harness.ops._behind.take_error(fh) is None  # type: ignore[attr-defined]  # forgotten with the handle
+
+
+def test_a_bug_in_a_drain_never_escapes(harness: Harness, caplog: Any) -> None:
+    """Drains run before requests and from the idle task, outside the handlers' error mapping: an
+    unexpected exception there would end the FUSE loop (a dead mount), so it becomes the handle's EIO."""
+    fh, ino = harness.create(b"f")
+    harness.call("write", fh, 0, b"x" * CHUNK)
+    harness.backend.fail = RuntimeError("a bug")  # type: ignore[assignment]
+    harness.ops.drain()  # as the idle task does: nothing raised
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        harness.call("write", fh, 0, b"x" * CHUNK)  # the handle hears of it
+    assert err.value.errno == errno.EIO
+    harness.call("write", fh, 0, b"x" * CHUNK)  # a new run (the file is still empty) ...
+    harness.call("getattr", ino, CTX)  # ... drained before a request: that request still runs
+    harness.backend.fail = None
+    assert "internal error in the write-behind" in caplog.text
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        harness.call("fsync", fh, False)
+    assert err.value.errno == errno.EIO
+    harness.call("release", fh)
 
 
 def test_free_space_is_measured_only_when_the_bound_runs_low(harness: Harness) -> None:
