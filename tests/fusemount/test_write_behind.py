@@ -5,7 +5,8 @@ writes are counted, so each test can say exactly when bytes reach the
 backend: never later than the next request that is not a continuing WRITE.
 A real mount then fills a volume: ENOSPC must come from the write(2) that
 does not fit, and every byte acknowledged before it must be in the image
-(e2fsck clean, read back by the kernel).
+(e2fsck clean, read back by the kernel); on a hostile image, a failure met
+only by the drain is fsync's error, as a failed writeback is on ext4.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from fusemount.support import Mounter, wait_gone
-from testsupport import e2fsck_clean, loop_mount, need, need_root
+from testsupport import e2fsck_clean, flip_bits, loop_mount, need, need_root
 
 from volfs.backend import FileHandle, OpenFlags
 from volfs.backends.ext4 import Ext4Backend
@@ -374,3 +375,39 @@ def test_an_idle_run_is_drained_within_seconds(home: Path, mounter: Mounter) -> 
     finally:
         os.close(fd)
     assert (mp / "f").read_bytes() == data
+
+
+def test_a_corrupt_bitmap_met_by_a_drain_is_reported_by_fsync(home: Path, mounter: Mounter) -> None:
+    """A hostile image whose failure shows only when a run drains: fsync reports it (as ext4 reports a
+    failed writeback), the mount lives on, and the corrupt bitmap is left exactly as it was."""
+    from volfs.ext4 import Filesystem
+    from volfs.home import resolve_home
+    from volfs.mounts import unmount
+
+    vol = Volume.create("badmap", home=home, kind="disk", size_mib=16)
+    fs = Filesystem.open(vol.disk_path)
+    try:
+        bs = fs.sb.block_size
+        bitmap = fs.group_desc(0).block_bitmap
+    finally:
+        fs.close()
+    where = bitmap * bs + bs // 2  # a byte of free blocks' bits: the checksum no longer matches
+    flip_bits(vol.disk_path, where, 0x0F)
+    with open(vol.disk_path, "rb") as f:
+        f.seek(bitmap * bs)
+        corrupt = f.read(bs)
+    mp = Path(mounter("badmap").mountpoint)
+    fd = os.open(mp / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for c in chunks(3):
+            assert os.write(fd, c) == CHUNK  # acknowledged: the run waits
+        with pytest.raises(OSError) as err:
+            os.fsync(fd)
+        assert err.value.errno == errno.EUCLEAN
+    finally:
+        os.close(fd)
+    assert "f" in os.listdir(mp)  # the mount is alive
+    unmount(resolve_home(home), "badmap")
+    with open(vol.disk_path, "rb") as f:
+        f.seek(bitmap * bs)
+        assert f.read(bs) == corrupt
