@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 from volfs.errors import CorruptError, error
 from volfs.ext4.bitmap import (
+    bit_is_set,
     block_bitmap_csum,
     count_zero_bits,
     fill_run,
@@ -381,7 +382,7 @@ class Allocator:
         ipg = fs.sb.inodes_per_group
         g, index = divmod(ino - 1, ipg)
         bits, desc = self._inode_bits(g)
-        if not bits[index >> 3] >> (index & 7) & 1:
+        if not bit_is_set(bits, index):
             raise CorruptError("inode bitmap", f"freeing inode {ino} that is not in use", inode=ino)
         values = {"free_inodes": desc.free_inodes + 1}
         if is_dir:

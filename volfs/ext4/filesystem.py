@@ -825,15 +825,12 @@ class Filesystem:
             raise error(errno.ENOKEY, f"inode {rec.ino} is encrypted (fscrypt); its content cannot be read "
                         "without the key")
 
-    def _inline_data(self, rec: Inode) -> bytes:
-        return inline_bytes(rec)
-
     def _read_data(self, rec: Inode, offset: int, size: int) -> bytes:
         end = min(offset + size, rec.size)
         if offset >= end:
             return b""
         if rec.flags & EXT4_INLINE_DATA_FL:
-            data = self._inline_data(rec)
+            data = inline_bytes(rec)
             chunk = data[offset:end]
             return chunk + bytes(end - offset - len(chunk))
         bs = self.sb.block_size
@@ -878,7 +875,7 @@ class Filesystem:
         if rec.size >= _PATH_MAX or rec.size == 0:
             raise CorruptError("symlink", f"target length {rec.size} is invalid", inode=rec.ino)
         if rec.flags & EXT4_INLINE_DATA_FL:
-            return self._inline_data(rec)[: rec.size]
+            return inline_bytes(rec)[: rec.size]
         ea_blocks = (self.sb.cluster_size >> 9) if rec.file_acl else 0
         fast = (rec.blocks_512 - ea_blocks == 0) if not rec.flags & EXT4_EA_INODE_FL else rec.size < 60
         if fast:
@@ -1203,7 +1200,7 @@ class Filesystem:
         if miss is not None and miss[0] == epoch and miss[2] == name and \
                 (miss[1] is rec or (miss[1].ino == rec.ino and miss[1].raw == rec.raw)):
             return None
-        found = self._dx_walk(rec, name, epoch)
+        found = self._dx_walk(rec, name)
         self._dx_miss = (epoch, rec, name) if found is None else None
         return found
 
@@ -1240,7 +1237,7 @@ class Filesystem:
         self._parsed.put(("node", rec.ino, lblock), _ParsedSlot(pb, rec.generation, data, node))
         return pb, data, node
 
-    def _dx_walk(self, rec: Inode, name: bytes, epoch: int) -> DirEntry | None:
+    def _dx_walk(self, rec: Inode, name: bytes) -> DirEntry | None:
         """:meth:`_dx_find` without the memo of its last miss."""
         bs = self.sb.block_size
         root = self.dx_root(rec)[2]

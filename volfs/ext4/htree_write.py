@@ -63,7 +63,7 @@ from volfs.ext4.directory import (
     set_leaf_csum,
 )
 
-__all__ = ["ROOT_COUNT_OFFSET", "NODE_COUNT_OFFSET", "LeafEntry", "dx_limit", "dx_read", "dx_write",
+__all__ = ["ROOT_COUNT_OFFSET", "NODE_COUNT_OFFSET", "LeafEntry", "dx_limit", "dx_write",
            "set_dx_csum", "new_dx_root", "new_dx_node", "pack_leaf", "split_point", "insert_dx_entry",
            "MAX_INDIRECT_LEVELS"]
 
@@ -90,16 +90,6 @@ class LeafEntry:
 def dx_limit(block_size: int, count_offset: int, csum: bool) -> int:
     """``dx_countlimit.limit``: entries that fit, one fewer when a dx_tail ends the block."""
     return (block_size - count_offset) // 8 - (1 if csum else 0)
-
-
-def dx_read(buf: bytes | bytearray, count_offset: int) -> list[tuple[int, int]]:
-    """(hash, logical block) of each in-use ``dx_entry``; entry 0's hash reads as 0."""
-    _limit, count = DX_COUNTLIMIT.unpack_ints(buf, count_offset)
-    out = []
-    for k in range(count):
-        h, blk = DX_ENTRY.unpack_ints(buf, count_offset + 8 * k)
-        out.append((0 if k == 0 else h, blk & 0x0FFFFFFF))
-    return out
 
 
 def set_dx_csum(buf: bytearray, count_offset: int, csum_seed: int | None) -> None:

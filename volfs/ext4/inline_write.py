@@ -182,7 +182,7 @@ def _convert_dir(w: Writer, rec: Inode, d: InlineDir) -> None:
     block = d.to_block(bs, seed, fs.sb.metadata_csum)
     if block is None:
         raise error(errno.ENOSPC, f"directory {rec.ino}: inline entries do not fit one block")
-    (pb, _), = w.alloc.alloc_blocks(w._goal(rec.ino, [], 0), 1)
+    (pb, _), = w.alloc.alloc_blocks(w._goal(rec.ino), 1)
     w.txn.put(pb, block)
     ed = InodeEditor(rec.raw)
     from volfs.ext4.writer import _empty_extent_root

@@ -436,7 +436,7 @@ class Writer:
             else:
                 raise error(errno.EROFS, f"inode {rec.ino} is block-mapped (ext2/ext3 style); not written")
         return ExtentTree(_TreeIO(self, rec.ino), rec.ino, i_block, fs.sb.block_size, fs.sb.blocks_count,
-                          self._iseed(rec.ino, rec.generation), goal=self._goal(rec.ino, [], 0),
+                          self._iseed(rec.ino, rec.generation), goal=self._goal(rec.ino),
                           memo=self._tree_memo)
 
     def _compact_trees(self) -> None:
@@ -473,18 +473,9 @@ class Writer:
         ed.set_i_block(tree.finish())
         ed.set_blocks(blocks_512 + (data_delta + tree.nodes_delta) * (self.fs.sb.block_size // 512))
 
-    def _goal(self, ino: int, extents: list[Extent], lblock: int) -> int:
-        prev = None
-        for e in extents:
-            if e.logical <= lblock:
-                prev = e
-            else:
-                break
-        if prev is not None:
-            return prev.physical + (lblock - prev.logical)
-        if extents:
-            nxt = extents[0]
-            return max(nxt.physical - (nxt.logical - lblock), 0)
+    def _goal(self, ino: int) -> int:
+        """Where a file with no nearby blocks starts looking: the first block of its inode's group
+        (the extent-tree editor's goal is preferred whenever the file already has blocks)."""
         fs = self.fs
         g = (ino - 1) // fs.sb.inodes_per_group
         return fs.sb.first_data_block + g * fs.sb.blocks_per_group
@@ -530,7 +521,7 @@ class Writer:
             hole_total = last + 1 - first - sum(e.length for e in inside)
             new_runs: list[tuple[int, int]] = []
             if hole_total:
-                new_runs = self.alloc.alloc_blocks(tree.goal(first, self._goal(ino, [], first)), hole_total)
+                new_runs = self.alloc.alloc_blocks(tree.goal(first, self._goal(ino)), hole_total)
             run_iter = _RunFeeder(new_runs)
             pos = first
             old_unwritten: dict[int, bool] = {}
@@ -971,7 +962,7 @@ class Writer:
             return
         tree = self._tree(rec)
         target = n
-        (pb, _), = self.alloc.alloc_blocks(tree.goal(target, self._goal(dir_ino, [], target)), 1)
+        (pb, _), = self.alloc.alloc_blocks(tree.goal(target, self._goal(dir_ino)), 1)
         buf = empty_leaf(bs, seed, csum)
         pos = insert_in_block(buf, name, ino, ft, bs, csum)
         if pos is None:
@@ -1005,7 +996,7 @@ class Writer:
         out: list[tuple[int, int]] = []
         new: list[Extent] = []
         lb = first
-        for start, n in self.alloc.alloc_blocks(tree.goal(first, self._goal(rec.ino, [], first)), count):
+        for start, n in self.alloc.alloc_blocks(tree.goal(first, self._goal(rec.ino)), count):
             new.append(Extent(lb, n, start))
             out.extend((lb + k, start + k) for k in range(n))
             lb += n
@@ -1270,7 +1261,7 @@ class Writer:
             ed.set("i_links_count", 2)
             if not inline_write.init_dir(self, ino, ed, parent):  # inline when it can be, as the kernel
                 bs = fs.sb.block_size
-                (pb, _), = self.alloc.alloc_blocks(self._goal(ino, [], 0), 1)
+                (pb, _), = self.alloc.alloc_blocks(self._goal(ino), 1)
                 seed = self._iseed(ino, ed.get("i_generation"))
                 self.txn.put(pb, first_dir_block(ino, parent, bs, seed, fs.sb.metadata_csum))
                 self._set_extents(ino, ed, [Extent(0, 1, pb)], [])
@@ -1646,7 +1637,7 @@ class Writer:
                     else:
                         if old:
                             self._drop_xattr_block(ino, old)
-                        goal = self._goal(ino, [], 0)
+                        goal = self._goal(ino)
                         (target, _), = self.alloc.alloc_blocks(goal, 1)
                     data = pack_xattr_block(blk_entries, bs, 1, target, self._csum_seed())
                     if data is None:
