@@ -37,6 +37,7 @@ from volfs.mounts import MountOptions, MountRecord, remove_record, write_record
 from volfs.volume import Volume, VolumeKind
 from volfs_fuse.idmap import IdMap
 from volfs_fuse.operations import VolfsOperations
+from volfs_fuse.quickwait import quick_wait
 
 __all__ = ["serve", "main"]
 
@@ -114,7 +115,12 @@ async def _serve_until_done(ops: VolfsOperations) -> bool:
         # One worker task: handlers never await (the backend is called directly), so a second worker
         # could never run while one works, and pyfuse3 would otherwise start a task for nearly every
         # request (none is left waiting for the next one) and end it afterwards.
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        with quick_wait() as waits:
+            try:
+                await pyfuse3.main(min_tasks=1, max_tasks=1)
+            finally:
+                if waits is not None:
+                    log.info("waited for %d requests, %d of them already queued", waits.waits, waits.skipped)
         nursery.cancel_scope.cancel()
     return signalled
 

@@ -1,0 +1,208 @@
+"""pyfuse3's worker goes straight on to a queued request (fuse/quickwait.py).
+
+The stand-in's wait must behave as trio's (return once the descriptor is
+readable, failed or hung up; wait while it is not); its lock must exclude
+as trio's does and checkpoint at least every CHECKPOINT_EVERY acquires;
+everything else must be trio's own. It must be removed again and never
+replace a stand-in that is not trio itself. A real mount must use it: its
+log counts the waits and how many found a request queued.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from fusemount.support import Mounter
+from testsupport import e2fsck_clean
+
+from volfs.home import resolve_home
+from volfs.mounts import unmount
+from volfs.sync import Volume
+
+try:
+    import pyfuse3
+    import trio
+
+    from volfs_fuse.quickwait import CHECKPOINT_EVERY, quick_wait
+except ImportError:  # the FUSE extra is not installed
+    pyfuse3 = None
+
+pytestmark = pytest.mark.skipif(pyfuse3 is None, reason="pyfuse3 is not installed")
+
+
+def test_swaps_pyfuse3_trio_and_restores_it() -> None:
+    assert pyfuse3.trio is trio
+    with quick_wait() as stats:
+        assert stats is not None
+        stand_in = pyfuse3.trio
+        assert stand_in is not trio
+        # Everything but Lock and wait_readable is trio's own object.
+        assert stand_in.Lock is not trio.Lock
+        assert stand_in.Event is trio.Event
+        assert stand_in.ClosedResourceError is trio.ClosedResourceError
+        assert stand_in.lowlevel.notify_closing is trio.lowlevel.notify_closing
+        assert stand_in.lowlevel.current_trio_token is trio.lowlevel.current_trio_token
+        assert stand_in.lowlevel.wait_readable is not trio.lowlevel.wait_readable
+    assert pyfuse3.trio is trio
+
+
+def test_restores_trio_after_an_exception() -> None:
+    with pytest.raises(KeyError), quick_wait():
+        raise KeyError("x")
+    assert pyfuse3.trio is trio
+
+
+def test_leaves_another_stand_in_alone() -> None:
+    other = object()
+    pyfuse3.trio = other
+    try:
+        with quick_wait() as stats:
+            assert stats is None
+            assert pyfuse3.trio is other
+        assert pyfuse3.trio is other
+    finally:
+        pyfuse3.trio = trio
+
+
+def test_wait_returns_at_once_for_a_readable_pipe() -> None:
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")
+
+        async def main() -> None:
+            with quick_wait() as stats:
+                assert stats is not None
+                with trio.fail_after(5):
+                    await pyfuse3.trio.lowlevel.wait_readable(r)
+                assert (stats.waits, stats.skipped) == (1, 1)
+
+        trio.run(main)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_wait_blocks_until_the_pipe_becomes_readable() -> None:
+    r, w = os.pipe()
+    try:
+
+        async def main() -> None:
+            with quick_wait() as stats:
+                assert stats is not None
+                order: list[str] = []
+
+                async def writer() -> None:
+                    await trio.sleep(0.2)
+                    order.append("write")
+                    os.write(w, b"x")
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(writer)
+                    with trio.fail_after(5):
+                        await pyfuse3.trio.lowlevel.wait_readable(r)
+                    order.append("woke")
+                assert order == ["write", "woke"]
+                assert (stats.waits, stats.skipped) == (1, 0)
+
+        trio.run(main)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_wait_returns_for_a_hung_up_pipe() -> None:
+    # The FUSE device reports an unmount as an error on read; the wait must not sleep through it.
+    r, w = os.pipe()
+    os.close(w)
+    try:
+
+        async def main() -> None:
+            with quick_wait() as stats:
+                assert stats is not None
+                with trio.fail_after(5):
+                    await pyfuse3.trio.lowlevel.wait_readable(r)
+                assert stats.skipped == 1
+
+        trio.run(main)
+    finally:
+        os.close(r)
+
+
+def test_wait_is_cancellable_when_it_waits() -> None:
+    r, w = os.pipe()
+    try:
+
+        async def main() -> None:
+            with quick_wait():
+                with trio.move_on_after(0.2) as scope:
+                    await pyfuse3.trio.lowlevel.wait_readable(r)
+                assert scope.cancelled_caught
+
+        trio.run(main)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_lock_is_taken_without_a_checkpoint_but_every_nth_time() -> None:
+    # Under a cancelled scope, an await that checkpoints raises Cancelled; one that does not, returns.
+    async def main() -> None:
+        with quick_wait():
+            lock = pyfuse3.trio.Lock()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                for _ in range(CHECKPOINT_EVERY - 1):
+                    async with lock:
+                        pass
+                with pytest.raises(trio.Cancelled):
+                    async with lock:
+                        pass
+                assert not lock._lock.locked()
+
+    trio.run(main)
+
+
+def test_lock_excludes() -> None:
+    async def main() -> None:
+        with quick_wait():
+            lock = pyfuse3.trio.Lock()
+            held: list[str] = []
+            events: list[str] = []
+
+            async def user(name: str) -> None:
+                async with lock:
+                    assert not held
+                    held.append(name)
+                    events.append(f"{name} in")
+                    await trio.sleep(0.05)
+                    events.append(f"{name} out")
+                    held.remove(name)
+
+            async with trio.open_nursery() as nursery:
+                for name in ("a", "b", "c"):
+                    nursery.start_soon(user, name)
+            assert len(events) == 6
+            for i in range(0, 6, 2):
+                assert events[i].endswith(" in") and events[i + 1] == events[i].replace(" in", " out")
+
+    trio.run(main)
+
+
+def test_a_mount_serves_through_it(home: Path, mounter: Mounter, tmp_path: Path) -> None:
+    vol = Volume.create("quick", home=home, kind="disk", size_mib=16)
+    mp = Path(mounter("quick").mountpoint)
+    # RELEASE is sent without waiting for its answer, so the next file's LOOKUP queues behind it.
+    for i in range(200):
+        (mp / f"f{i}").write_bytes(b"%d" % i)
+    assert sorted(p.name for p in mp.iterdir() if p.name.startswith("f")) == sorted(f"f{i}" for i in range(200))
+    unmount(resolve_home(home), "quick")
+    text = (tmp_path / "daemon-quick.log").read_text()
+    m = re.search(r"waited for (\d+) requests, (\d+) of them already queued", text)
+    assert m, text
+    waits, queued = int(m.group(1)), int(m.group(2))
+    assert waits >= 600  # at least LOOKUP, CREATE and WRITE per file
+    assert 0 < queued <= waits
+    e2fsck_clean(vol.disk_path)
