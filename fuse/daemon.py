@@ -43,6 +43,8 @@ __all__ = ["serve", "main"]
 
 log = logging.getLogger("volfs.fuse")
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 
 def _options(raw: dict[str, Any]) -> MountOptions:
     def triples(items: list[list[int]]) -> tuple[tuple[int, int, int], ...]:
@@ -102,15 +104,20 @@ async def _serve_until_done(ops: VolfsOperations) -> bool:
                 await trio.sleep(1.0)
                 ops.drain()
 
-        async def watch_signals() -> None:
+        async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             nonlocal signalled
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+                # serve() blocked them: one that came while the mount started is delivered now, to trio.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                task_status.started()
                 async for _ in signals:
                     signalled = True
                     nursery.cancel_scope.cancel()
                     return
 
-        nursery.start_soon(watch_signals)
+        # Before the first request: the worker may go on from request to request for a while
+        # without letting another task run (quickwait.py).
+        await nursery.start(watch_signals)
         nursery.start_soon(drain_when_idle)
         # One worker task: handlers never await (the backend is called directly), so a second worker
         # could never run while one works, and pyfuse3 would otherwise start a task for nearly every
@@ -127,6 +134,17 @@ async def _serve_until_done(ops: VolfsOperations) -> bool:
 
 def serve(args: dict[str, Any], ready_fd: int | None) -> int:
     """Mount and serve one volume (see the module header); returns an exit status."""
+    # SIGINT and SIGTERM wait (blocked) until the signal watcher runs: one that arrives while the
+    # mount starts, or just after it is ready, then stops it cleanly instead of ending the process
+    # with the kernel's default action (no commit, a dead mount left behind).
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return _serve(args, ready_fd)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _serve(args: dict[str, Any], ready_fd: int | None) -> int:
     home = Home(root=Path(args["home"]), volumes=Path(args["volumes"]))
     name: str = args["name"]
     mountpoint: str = args["mountpoint"]

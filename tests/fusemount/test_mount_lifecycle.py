@@ -97,6 +97,19 @@ def test_signal_unmounts_cleanly(home: Path, dir_mount: tuple[Path, Path], sig: 
     Volume.remove("dvol", home=home)  # the lock was released
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_the_moment_the_mount_is_ready(home: Path, mounter: Mounter, tmp_path: Path, sig: int) -> None:
+    """A signal sent as soon as the mount is ready waits for the daemon's handler: a clean stop, not a kill."""
+    Volume.create("early", home=home, kind="disk", size_mib=16)
+    rec = mounter("early")
+    os.kill(rec.pid, sig)
+    wait_gone(rec.pid)
+    assert not mounted_at(rec.mountpoint)
+    assert read_record(resolve_home(home), "early") is None
+    assert "volume early closed" in (tmp_path / "daemon-early.log").read_text()
+    Volume.remove("early", home=home)  # the lock was released
+
+
 def test_stale_mount_is_cleaned_by_unmount(home: Path, dir_mount: tuple[Path, Path]) -> None:
     mp, _ = dir_mount
     rec = read_record(resolve_home(home), "dvol")
