@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ext4_write.support import check
-from volfs.backend import Ino, OpenFlags
+from volfs.backend import Ino, OpenFlags, SetAttr
 from volfs.backends.ext4 import Ext4Backend
 from volfs.errors import CorruptError
 from volfs.ext4 import Filesystem
@@ -186,5 +186,99 @@ def test_installed_descriptors_are_the_decode_of_their_bytes(shape: str, make_im
             assert fs.group_desc(g) == parse_group_desc(sb, fs.fs_seed, g, raw, verify=True)
         if i % 97 == 0:
             b.sync()
+    b.close()
+    check(image)
+
+
+def test_inode_place_shortcut_agrees_with_the_descriptor(make_image: Callable[..., Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """inode_place answers from an inode slot checked at the current epoch: on every call of a write
+    workload it is what the descriptor gives (_compute_place), and the shortcut is taken."""
+    image = make_image("default")
+    b = Ext4Backend(image, readonly=False)
+    fs = b.filesystem
+    real = Filesystem.inode_place
+    taken = [0, 0]
+
+    def checked(self: Filesystem, ino: int) -> tuple[int, int] | None:
+        got = real(self, ino)
+        assert got == self._compute_place(ino), ino
+        slot = self._inodes._d.get(ino)
+        taken[slot is not None and slot.epoch == self.cache.epoch] += 1
+        return got
+
+    monkeypatch.setattr(Filesystem, "inode_place", checked)
+    rnd = random.Random(61)
+    names: list[bytes] = []
+    for i in range(200):
+        if names and rnd.random() < 0.2:
+            b.unlink(ROOT, names.pop(rnd.randrange(len(names))))
+            continue
+        name = b"f%d" % i
+        fh, a = b.create(ROOT, name, 0o644, OpenFlags.WRITE, 0, 0)
+        b.write(fh, 0, b"z" * rnd.choice([10, 5000]))
+        b.setattr(a.ino, SetAttr(uid=rnd.randrange(5), gid=1))
+        b.setattr(a.ino, SetAttr(mode=0o600))
+        b.release(fh)
+        names.append(name)
+    assert taken[1] > 100 and taken[0] > 100, taken
+    b.close()
+    check(image)
+
+
+def test_inode_place_shortcut_sees_a_descriptor_changed_behind_its_back(make_image: Callable[..., Path]) -> None:
+    """A descriptor rewritten through the transaction without the engine's knowledge (its inode table's
+    used part shrunk below a cached inode): inode_place and inode() follow the new descriptor."""
+    image = make_image("default")
+    b = Ext4Backend(image, readonly=False)
+    fs = b.filesystem
+    fh, a = b.create(ROOT, b"victim", 0o644, OpenFlags.WRITE, 0, 0)
+    b.release(fh)
+    ino = a.ino
+    sb = fs.sb
+    fs.inode(ino)
+    place = fs.inode_place(ino)
+    assert place is not None and place == fs._compute_place(ino)
+    group, index = divmod(ino - 1, sb.inodes_per_group)
+    per_block = sb.block_size // sb.desc_size
+    blk = descriptor_block(sb, group // per_block)
+    off = (group % per_block) * sb.desc_size
+    data = fs.cache.read(blk)
+    raw = update_group_desc(sb, fs.fs_seed, group, data[off : off + sb.desc_size],
+                            {"itable_unused": sb.inodes_per_group - index})
+    txn = fs.writer.txn
+    txn.begin()
+    try:
+        txn.put(blk, data[:off] + raw + data[off + sb.desc_size :])
+        assert fs.inode_place(ino) is None
+        with pytest.raises(CorruptError):
+            fs.inode(ino)
+    finally:
+        txn.abort()
+    assert fs.inode_place(ino) == place
+    b.close()
+    check(image)
+
+
+def test_inlined_lru_reads_refresh_as_lru_get(make_image: Callable[..., Path]) -> None:
+    """inode() and getattr() read their caches with _Lru.get inlined: a hit (and a stale hit) moves the
+    entry to the young end exactly as _Lru.get does, so eviction order is unchanged."""
+    image = make_image("default")
+    b = Ext4Backend(image, readonly=False)
+    fs = b.filesystem
+    inos = []
+    for i in range(6):
+        fh, a = b.create(ROOT, b"n%d" % i, 0o644, OpenFlags.WRITE, 0, 0)
+        b.release(fh)
+        inos.append(a.ino)
+    for ino in inos:
+        fs.getattr(ino)
+    for cache, read in ((fs._inodes, fs.inode), (fs._attrs, fs.getattr)):
+        for ino in (inos[2], inos[0], ROOT):
+            read(ino)
+            assert list(cache._d)[-1] == ino
+        b.setattr(inos[4], SetAttr(uid=7))
+        read(inos[1])  # a hit of an older epoch
+        assert list(cache._d)[-1] == inos[1]
     b.close()
     check(image)
