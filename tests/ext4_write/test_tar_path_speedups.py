@@ -282,3 +282,48 @@ def test_inlined_lru_reads_refresh_as_lru_get(make_image: Callable[..., Path]) -
         assert list(cache._d)[-1] == inos[1]
     b.close()
     check(image)
+
+
+class _NoDevice:
+    def pread(self, size: int, offset: int) -> bytes:  # pragma: no cover - never read here
+        raise AssertionError("no reads")
+
+
+@pytest.mark.parametrize("tracked", [None, 300])
+def test_changed_run_stamps_as_changed_per_block(tracked: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BlockCache.changed_run (one epoch for a run of data blocks) keeps unchanged()'s promise: True only
+    for blocks not changed since that epoch, and, while the stamp table has room, True for every
+    such block (as many proofs as changed() per block gives).  With a tiny table, the fold into the
+    floor keeps the promise too."""
+    from volfs.ext4 import cache as cache_mod
+    from volfs.ext4.cache import BlockCache
+
+    if tracked is not None:
+        monkeypatch.setattr(cache_mod, "_MAX_TRACKED_BLOCKS", tracked)
+    rnd = random.Random(67 + (tracked or 0))
+    c = BlockCache(_NoDevice(), 4096, 1 << 20)  # type: ignore[arg-type]
+    last_change: dict[int, int] = {}  # block -> step of its last change (the model)
+    snaps: list[tuple[int, int]] = []  # (epoch, step) moments a decoded structure could be stamped with
+    for step in range(1, 4000):
+        roll = rnd.random()
+        if roll < 0.4:
+            b = rnd.randrange(2000)
+            c.changed(b)
+            last_change[b] = step
+        elif roll < 0.8:
+            b, n = rnd.randrange(2000), rnd.randint(1, 256)
+            c.changed_run(b, n)
+            for x in range(b, b + n):
+                last_change[x] = step
+        else:
+            snaps.append((c.epoch, step))
+        for _ in range(5):
+            if not snaps:
+                break
+            epoch, at = snaps[rnd.randrange(len(snaps))]
+            b = rnd.randrange(2300)
+            really = last_change.get(b, 0) <= at
+            got = c.unchanged(b, epoch)
+            assert not got or really, (b, epoch, at)
+            if tracked is None:
+                assert got == really, (b, epoch, at)
