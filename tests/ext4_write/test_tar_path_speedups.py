@@ -3,13 +3,19 @@
 Pinned here: the inlined inode decoder against a by-name decode of
 inodes.rst (every field, every i_extra_isize, corrupt records refused
 alike); the allocator's derived group descriptors against a decode of the
-bytes it wrote.  Every image written ends e2fsck-clean.
+bytes it wrote; inode_place's answer from a current slot against the
+descriptor (and a descriptor changed behind the engine's back); the inlined
+LRU reads against _Lru.get's refresh; one-epoch stamping of data runs
+against a model of block changes; setattr's merged time encoding and the
+editor's direct base-field setters against the per-field definitions.
+Every image written ends e2fsck-clean.
 """
 
 from __future__ import annotations
 
 import random
 import stat
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -356,3 +362,42 @@ def test_setattr_times_are_the_per_field_definition(variant: str, make_image: Ca
             w.setattr(ino, atime_ns=atime, mtime_ns=mtime, ctime_ns=ctime)
             assert fs.inode(ino).raw == want.finish(fs.fs_seed if fs.sb.metadata_csum else None, ino)
     check(image)
+
+
+def test_direct_setters_write_what_set_writes() -> None:
+    """set_size/set_blocks/set_uid/set_gid pack the base fields directly: the record is the one the
+    by-name set() definition gives, for random records of every shape and values up to the limits
+    (errors included)."""
+    from volfs.ext4.inode import EXT4_HUGE_FILE_FL, InodeEditor
+
+    def by_set(ed: InodeEditor, what: str, v: int) -> None:
+        if what == "size":
+            ed.set("i_size_lo", v & 0xFFFFFFFF)
+            ed.set("i_size_high", v >> 32)
+        elif what == "blocks":
+            if v >= 1 << 48:
+                raise ValueError("i_blocks beyond 48 bits")
+            ed.set("i_blocks_lo", v & 0xFFFFFFFF)
+            ed.set("l_i_blocks_high", v >> 32)
+            ed.set("i_flags", ed.get("i_flags") & ~EXT4_HUGE_FILE_FL)
+        else:
+            lo, hi = ("i_uid", "l_i_uid_high") if what == "uid" else ("i_gid", "l_i_gid_high")
+            ed.set(lo, v & 0xFFFF)
+            ed.set(hi, (v >> 16) & 0xFFFF)
+
+    rnd = random.Random(73)
+    for _ in range(5000):
+        size = rnd.choice([128, 256, 1024])
+        raw = bytes(rnd.randrange(256) for _ in range(size))
+        what = rnd.choice(["size", "blocks", "uid", "gid"])
+        v = rnd.choice([0, 1, (1 << 32) - 1, 1 << 32, (1 << 48) - 1, 1 << 48, (1 << 64) - 1, 1 << 64,
+                        rnd.randrange(1 << 70), rnd.randrange(1 << 20)])
+        fast, slow = InodeEditor(raw), InodeEditor(raw)
+        outcome = []
+        for ed, fn in ((fast, lambda: getattr(fast, "set_" + what)(v)), (slow, lambda: by_set(slow, what, v))):
+            try:
+                fn()
+                outcome.append(bytes(ed.buf))
+            except (ValueError, OverflowError, struct.error) as exc:
+                outcome.append(type(exc))
+        assert outcome[0] == outcome[1], (what, v, size)

@@ -227,6 +227,26 @@ _TIME_SLOTS: Final = {w: (INODE.offsets[b], _FIELDS[b][2], INODE.offsets[e], _FI
                       for w, (b, e) in _TIME_FIELDS.items()}
 _U32: Final = struct.Struct("<I")
 _U16: Final = struct.Struct("<H")
+
+
+def _base_field(name: str) -> tuple[int, struct.Struct]:
+    """(offset, codec) of a field inside the 128-byte base, which every record has: the setters
+    below write such fields without set()'s name lookup and i_extra_isize test."""
+    off, st, end = _FIELDS[name]
+    if end > INODE_BASE_SIZE:
+        raise ValueError(f"{name} lies past the base record")
+    return off, st
+
+
+_SIZE_LO: Final = _base_field("i_size_lo")
+_SIZE_HIGH: Final = _base_field("i_size_high")
+_BLOCKS_LO: Final = _base_field("i_blocks_lo")
+_BLOCKS_HIGH: Final = _base_field("l_i_blocks_high")
+_FLAGS: Final = _base_field("i_flags")
+_UID: Final = _base_field("i_uid")
+_UID_HIGH: Final = _base_field("l_i_uid_high")
+_GID: Final = _base_field("i_gid")
+_GID_HIGH: Final = _base_field("l_i_gid_high")
 _GENERATION_OFF: Final = INODE.offsets["i_generation"]
 _S32_MIN: Final = -(1 << 31)
 # Latest time representable with the epoch bits: (2^31 - 1) + (3 << 32) seconds.
@@ -328,23 +348,28 @@ class InodeEditor:
                 _U32.pack_into(buf, base_off, narrow[0])
 
     def set_size(self, size: int) -> None:
-        self.set("i_size_lo", size & 0xFFFFFFFF)
-        self.set("i_size_high", size >> 32)
+        buf = self.buf
+        _SIZE_LO[1].pack_into(buf, _SIZE_LO[0], size & 0xFFFFFFFF)
+        _SIZE_HIGH[1].pack_into(buf, _SIZE_HIGH[0], size >> 32)
 
     def set_blocks(self, blocks_512: int) -> None:
         if blocks_512 >= 1 << 48:
             raise ValueError("i_blocks beyond 48 bits")
-        self.set("i_blocks_lo", blocks_512 & 0xFFFFFFFF)
-        self.set("l_i_blocks_high", blocks_512 >> 32)
-        self.set("i_flags", self.get("i_flags") & ~EXT4_HUGE_FILE_FL)
+        buf = self.buf
+        _BLOCKS_LO[1].pack_into(buf, _BLOCKS_LO[0], blocks_512 & 0xFFFFFFFF)
+        _BLOCKS_HIGH[1].pack_into(buf, _BLOCKS_HIGH[0], blocks_512 >> 32)
+        off, st = _FLAGS
+        st.pack_into(buf, off, st.unpack_from(buf, off)[0] & ~EXT4_HUGE_FILE_FL)
 
     def set_uid(self, uid: int) -> None:
-        self.set("i_uid", uid & 0xFFFF)
-        self.set("l_i_uid_high", (uid >> 16) & 0xFFFF)
+        buf = self.buf
+        _UID[1].pack_into(buf, _UID[0], uid & 0xFFFF)
+        _UID_HIGH[1].pack_into(buf, _UID_HIGH[0], (uid >> 16) & 0xFFFF)
 
     def set_gid(self, gid: int) -> None:
-        self.set("i_gid", gid & 0xFFFF)
-        self.set("l_i_gid_high", (gid >> 16) & 0xFFFF)
+        buf = self.buf
+        _GID[1].pack_into(buf, _GID[0], gid & 0xFFFF)
+        _GID_HIGH[1].pack_into(buf, _GID_HIGH[0], (gid >> 16) & 0xFFFF)
 
     def set_i_block(self, data: bytes) -> None:
         if len(data) != 60:
