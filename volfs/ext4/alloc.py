@@ -66,8 +66,8 @@ from volfs.ext4.group import (
     group_blocks,
     group_first_block,
     group_has_super,
-    parse_group_desc,
     update_group_desc,
+    updated_desc,
 )
 from volfs.ext4.types import InodeNo
 
@@ -92,18 +92,18 @@ class Allocator:
         sb = fs.sb
         size = sb.desc_size
         per_block = sb.block_size // size
+        # The checked decode of the record as it is now (every caller has read it in this operation).
+        before = fs.group_desc(group)
         blk = descriptor_block(sb, group // per_block)
         txn = fs.txn_required()
-        data = bytearray(txn.read(blk, "group descriptor"))
+        data = txn.read(blk, "group descriptor")
         off = (group % per_block) * size
-        raw = update_group_desc(sb, fs.fs_seed, group, bytes(data[off : off + size]), values)
-        data[off : off + size] = raw
-        block = bytes(data)
+        raw = update_group_desc(sb, fs.fs_seed, group, data[off : off + size], values)
+        block = data[:off] + raw + data[off + size :]
         txn.put(blk, block)  # (put keeps this very object: it is already bytes)
-        # Hand the read side the decoded new descriptor instead of making it decode (and verify)
-        # the bytes just written (Filesystem.install_desc).
-        fs.install_desc(group, blk, block, raw, parse_group_desc(sb, fs.fs_seed, group, raw, verify=False,
-                                                                 block=blk))
+        # Hand the read side the new descriptor, derived from the old one and the values written,
+        # instead of making it decode (and verify) the bytes just written (Filesystem.install_desc).
+        fs.install_desc(group, blk, block, raw, updated_desc(sb, before, values, raw))
 
     def free_blocks_total(self) -> int:
         return sum(self.fs.group_desc(g).free_blocks for g in range(self.fs.sb.group_count))

@@ -153,6 +153,16 @@ class BlockCache:
             self.floor = self.epoch
         changed[block] = self.epoch
 
+    def changed_run(self, block: int, count: int) -> None:
+        """:meth:`changed` of the ``count`` blocks from ``block``, as one event: one new epoch,
+        stamped on each of them (nothing can look at the cache between the per-block events)."""
+        self.epoch += 1
+        changed = self._changed
+        if len(changed) + count > _MAX_TRACKED_BLOCKS:
+            changed.clear()
+            self.floor = self.epoch
+        changed.update(dict.fromkeys(range(block, block + count), self.epoch))
+
     def changed_all(self) -> None:
         """Anything served may have changed (a new overlay, a large data write)."""
         self.epoch += 1
@@ -250,8 +260,7 @@ class BlockCache:
         """Drop cached copies of ``count`` blocks from ``block`` (file data overwrote them)."""
         # The device bytes changed: whatever was decoded from these blocks is suspect.
         if count <= _MAX_TRACKED_RUN:
-            for b in range(block, block + count):
-                self.changed(b)
+            self.changed_run(block, count)
         else:
             self.changed_all()
         lru = self._lru

@@ -572,6 +572,15 @@ class Filesystem:
         its group's table the descriptor marks uninitialised (which
         :meth:`inode` refuses).
         """
+        slot = self._inodes._d.get(ino)
+        if slot is not None and slot.epoch == self.cache.epoch:
+            # A slot checked at this very epoch was read (or installed) at the place computed below
+            # from the same descriptor: nothing the cache serves has changed since.
+            return slot.block, slot.offset
+        return self._compute_place(ino)
+
+    def _compute_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
+        """:meth:`inode_place` from the group descriptor (the definition)."""
         sb = self.sb
         if not 1 <= ino <= sb.inodes_count:
             return None
@@ -724,11 +733,15 @@ class Filesystem:
 
     def inode(self, ino: InodeNo | int) -> Inode:
         """The decoded record of inode ``ino`` (checked), whether or not it is in use."""
-        slot = self._inodes.get(ino)
+        # (_Lru.get inlined, here and in getattr: these run a few times per request.)
+        lru = self._inodes._d
+        slot = lru.get(ino)
         cache = self.cache
         epoch = cache.epoch
-        if slot is not None and slot.epoch == epoch:
-            return slot.rec
+        if slot is not None:
+            lru.move_to_end(ino)
+            if slot.epoch == epoch:
+                return slot.rec
         sb = self.sb
         if not 1 <= ino <= sb.inodes_count:
             raise CorruptError("inode", f"inode number {ino} out of range", inode=ino)
@@ -768,9 +781,12 @@ class Filesystem:
 
     def getattr(self, ino: InodeNo | int) -> Attr:
         r = self._live(ino)
-        memo = self._attrs.get(ino)
-        if memo is not None and memo[0] is r:
-            return memo[1]
+        lru = self._attrs._d
+        memo = lru.get(ino)
+        if memo is not None:
+            lru.move_to_end(ino)
+            if memo[0] is r:
+                return memo[1]
         blocks = r.blocks_512
         if r.flags & EXT4_INLINE_DATA_FL and r.is_reg:
             # As the kernel's ext4_file_getattr: count inline bytes so the file does not look sparse.

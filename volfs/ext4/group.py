@@ -27,7 +27,7 @@ from volfs.ext4.types import BlockNo, GroupNo
 
 __all__ = ["GROUP_DESC32", "GROUP_DESC64", "GroupDesc", "parse_group_desc", "descriptor_block",
            "group_has_super", "BG_INODE_UNINIT", "BG_BLOCK_UNINIT", "BG_INODE_ZEROED",
-           "group_desc_checksum", "group_first_block", "update_group_desc", "group_blocks"]
+           "group_desc_checksum", "group_first_block", "update_group_desc", "updated_desc", "group_blocks"]
 
 BG_INODE_UNINIT: Final = 0x1
 BG_BLOCK_UNINIT: Final = 0x2
@@ -209,6 +209,31 @@ def update_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, valu
     elif sb.gdt_csum:
         _U16.pack_into(buf, _CSUM_OFF, group_desc_checksum(sb, fs_seed, group, bytes(buf)))
     return bytes(buf)
+
+
+def updated_desc(sb: Superblock, old: GroupDesc, values: dict[str, int], raw: bytes) -> GroupDesc:
+    """What :func:`parse_group_desc` gives for ``raw``, the result of :func:`update_group_desc` with
+    ``values`` over the record that ``old`` is the decode of, without decoding ``raw`` again.
+
+    The allocator updates a descriptor on every allocation; only the fields
+    ``values`` names change, each as the record stores it (16 bits in a
+    32-byte descriptor, 32 in a 64-byte one; ``bg_flags`` 16), and the new
+    ``bg_checksum`` is read back from ``raw``.  ``old`` must be the decode of
+    the record before the update (the caller's checked descriptor).
+    """
+    mask = 0xFFFFFFFF if sb.desc_size >= 64 else 0xFFFF
+    get = values.get
+    fb, fi, ud, fl, iu, bbc, ibc = (get("free_blocks"), get("free_inodes"), get("used_dirs"), get("flags"),
+                                    get("itable_unused"), get("block_bitmap_csum"), get("inode_bitmap_csum"))
+    return _make_desc(old.group, old.block_bitmap, old.inode_bitmap, old.inode_table,
+                      old.free_blocks if fb is None else fb & mask,
+                      old.free_inodes if fi is None else fi & mask,
+                      old.used_dirs if ud is None else ud & mask,
+                      old.flags if fl is None else fl & 0xFFFF,
+                      old.itable_unused if iu is None else iu & mask,
+                      old.block_bitmap_csum if bbc is None else bbc & mask,
+                      old.inode_bitmap_csum if ibc is None else ibc & mask,
+                      _U16.unpack_from(raw, _CSUM_OFF)[0])
 
 
 # crc(fs seed, le32 group) by (fs seed, group): a pure function of its key, so never stale; bounded.

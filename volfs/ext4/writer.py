@@ -354,7 +354,7 @@ class Writer:
         else:
             blk, off = place
         data = bytearray(self.txn.read(blk, "inode table", ino))
-        raw = ed.finish(self._csum_seed(), ino)
+        raw = ed.finish(fs.fs_seed if fs.sb.metadata_csum else None, ino)
         data[off : off + fs.sb.inode_size] = raw
         self.txn.put(blk, data)
         # The read side takes the record as written instead of decoding (and verifying) it again
@@ -1506,11 +1506,12 @@ class Writer:
                 ed.set_uid(uid)
             if gid is not None:
                 ed.set_gid(gid)
+            # Equal atime and mtime (utimensat with one time) are encoded once.
             if atime_ns is not None:
-                ed.set_time("a", atime_ns)
-            if mtime_ns is not None:
-                ed.set_time("m", mtime_ns)
-            ed.set_time("c", ctime_ns if ctime_ns is not None else _now_ns())
+                ed.set_times(("a", "m") if mtime_ns == atime_ns else ("a",), atime_ns)
+            if mtime_ns is not None and mtime_ns != atime_ns:
+                ed.set_times(("m",), mtime_ns)
+            ed.set_times(("c",), ctime_ns if ctime_ns is not None else _now_ns())
             self.store(ino, ed)
             if mode is not None and not rec.is_symlink:
                 # As the kernel's posix_acl_chmod: a stored access ACL follows the new mode, else its
