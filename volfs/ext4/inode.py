@@ -136,8 +136,6 @@ def inode_checksum(seed: int, raw: bytes, extra_isize: int) -> int:
 _UNPACK: Final = struct.Struct("<" + "".join(code for _name, code in INODE.fields)).unpack_from
 _I_BLOCK_OFF: Final = INODE.offsets["i_block"]
 _S_IFMT: Final = 0o170000
-_SIGN32: Final = 0x80000000
-_NS_MAX: Final = _NS - 1
 
 
 def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block_size: int,
@@ -145,9 +143,7 @@ def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block
     """Decode a record; with ``csum_seed`` (the fs seed under metadata_csum) verify it.
 
     Every inode the write side stores is decoded again here, so this is
-    written for speed: the fields land in locals in one unpack, and the
-    timestamps are widened inline (:func:`_time_ns` is the definition they
-    follow; a test holds the two to each other).
+    written for speed: the fields land in locals in one unpack.
     """
     n = len(raw)
     extended = n > INODE_BASE_SIZE
@@ -177,33 +173,11 @@ def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block
         blocks |= blocks_high << 32
         if flags & EXT4_HUGE_FILE_FL:
             blocks *= block_size // 512
-    # Timestamps as _time_ns: signed seconds, widened by the *_extra epoch bits when covered.
-    atime -= (atime & _SIGN32) << 1
-    mtime -= (mtime & _SIGN32) << 1
-    ctime -= (ctime & _SIGN32) << 1
-    if extra_isize >= 16:
-        x = atime_x >> 2
-        atime_ns = (atime + ((atime_x & 3) << 32)) * _NS + (x if x < _NS else _NS_MAX)
-    else:
-        atime_ns = atime * _NS
-    if extra_isize >= 12:
-        x = mtime_x >> 2
-        mtime_ns = (mtime + ((mtime_x & 3) << 32)) * _NS + (x if x < _NS else _NS_MAX)
-    else:
-        mtime_ns = mtime * _NS
-    if extra_isize >= 8:
-        x = ctime_x >> 2
-        ctime_ns = (ctime + ((ctime_x & 3) << 32)) * _NS + (x if x < _NS else _NS_MAX)
-    else:
-        ctime_ns = ctime * _NS
-    crtime_ns: int | None = None
-    if extra_isize >= 20:
-        crtime -= (crtime & _SIGN32) << 1
-        if extra_isize >= 24:
-            x = crtime_x >> 2
-            crtime_ns = (crtime + ((crtime_x & 3) << 32)) * _NS + (x if x < _NS else _NS_MAX)
-        else:
-            crtime_ns = crtime * _NS
+    # Each *_extra field counts only when i_extra_isize covers it.
+    atime_ns = _time_ns(atime, atime_x if extra_isize >= 16 else None)
+    mtime_ns = _time_ns(mtime, mtime_x if extra_isize >= 12 else None)
+    ctime_ns = _time_ns(ctime, ctime_x if extra_isize >= 8 else None)
+    crtime_ns = _time_ns(crtime, crtime_x if extra_isize >= 24 else None) if extra_isize >= 20 else None
     # Inode's fields in declaration order: ino, mode, uid, gid, size, links_count, blocks_512, flags,
     # generation, file_acl, atime_ns, mtime_ns, ctime_ns, crtime_ns, dtime, i_block, extra_isize, projid,
     # version, raw.  (InodeNo is a NewType: at run time the number itself.)
