@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["Struct", "Record"]
 
@@ -80,9 +80,10 @@ class Struct:
         """Unpack one instance at ``offset``; the caller guarantees the length."""
         return Record(self, dict(zip(self._names, self._codec.unpack_from(buf, offset))))
 
-    def unpack_tuple(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int | bytes, ...]:
-        """The raw values in table order (hot paths index them directly)."""
-        return tuple(self._codec.unpack_from(buf, offset))
+    def unpack_tuple(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Any, ...]:
+        """The raw values in table order (hot paths unpack them straight into locals)."""
+        values: tuple[Any, ...] = self._codec.unpack_from(buf, offset)
+        return values
 
     def unpack_ints(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, ...]:
         """The values of an all-integer struct in table order."""

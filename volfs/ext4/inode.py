@@ -132,8 +132,6 @@ def inode_checksum(seed: int, raw: bytes, extra_isize: int) -> int:
     return crc if has_hi else crc & 0xFFFF
 
 
-# The record's fields in table order, in one call (parse_inode unpacks them straight into locals).
-_UNPACK: Final = struct.Struct("<" + "".join(code for _name, code in INODE.fields)).unpack_from
 _I_BLOCK_OFF: Final = INODE.offsets["i_block"]
 _S_IFMT: Final = 0o170000
 
@@ -150,7 +148,7 @@ def parse_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, block
     (mode, uid, size, atime, ctime, mtime, dtime, gid, links, blocks, flags, version, i_block, generation,
      acl_lo, size_high, _faddr, blocks_high, acl_high, uid_high, gid_high, csum_lo, _reserved, extra_isize,
      csum_hi, ctime_x, mtime_x, atime_x, crtime, crtime_x, version_hi, projid) = \
-        _UNPACK(raw if n >= INODE.size else raw + bytes(INODE.size - n))
+        INODE.unpack_tuple(raw if n >= INODE.size else raw + bytes(INODE.size - n))
     if extended:
         if extra_isize & 3 or INODE_BASE_SIZE + extra_isize > n:
             raise CorruptError("inode", f"i_extra_isize {extra_isize} is invalid", inode=ino, block=block)

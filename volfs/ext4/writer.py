@@ -354,7 +354,7 @@ class Writer:
         else:
             blk, off = place
         data = bytearray(self.txn.read(blk, "inode table", ino))
-        raw = ed.finish(fs.fs_seed if fs.sb.metadata_csum else None, ino)
+        raw = ed.finish(self._csum_seed(), ino)
         data[off : off + fs.sb.inode_size] = raw
         self.txn.put(blk, data)
         # The read side takes the record as written instead of decoding (and verifying) it again
