@@ -76,9 +76,8 @@ def _attr(**values: int) -> pyfuse3.EntryAttributes:
 class Replay:
     """The request stream of extracting one archive, run against ``ops``."""
 
-    def __init__(self, ops: VolfsOperations, archive: Path) -> None:
+    def __init__(self, ops: VolfsOperations) -> None:
         self.ops = ops
-        self.archive = archive
         self.ctx = SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0)
         self.times: dict[str, list[float]] = {}
 
@@ -122,13 +121,14 @@ class Replay:
                 n = min(len(data) - pos, RECORD - (m.offset_data + pos) % RECORD)
                 self._call("write", fh, pos, data[pos : pos + n])
                 pos += n
-            self._set_times_owner_mode(ino, m, fh=None)
+            self._set_times_owner_mode(ino, m)
             self._call("release", fh)
         for ino, m in reversed(made_dirs):
-            self._set_times_owner_mode(ino, m, fh=None, dir_=True)
+            self._set_times_owner_mode(ino, m, dir_=True)
 
-    def _set_times_owner_mode(self, ino: int, m: tarfile.TarInfo, fh: int | None, dir_: bool = False) -> None:
-        ctx = self.ctx
+    def _set_times_owner_mode(self, ino: int, m: tarfile.TarInfo, dir_: bool = False) -> None:
+        # The kernel names a file handle in SETATTR only for truncation: these come without one.
+        ctx, fh = self.ctx, None
         self._call("setattr", ino, _attr(st_mtime_ns=int(m.mtime) * 10**9), _fields(update_mtime=True), fh, ctx)
         if not dir_:
             self._call("getxattr", ino, CAPS, ctx)
@@ -168,7 +168,7 @@ def main() -> int:
         mkfs(img, 1 << 30)
         backend = Ext4Backend(img, readonly=False)
         ops = VolfsOperations(backend, IdMap((0, 0)), exclusive=True)
-        replay = Replay(ops, archive)
+        replay = Replay(ops)
         wall, cpu = time.perf_counter(), time.process_time()
         prof = cProfile.Profile() if args.profile else None
         if prof is not None:
