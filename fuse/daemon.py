@@ -37,7 +37,7 @@ from volfs.mounts import MountOptions, MountRecord, remove_record, write_record
 from volfs.volume import Volume, VolumeKind
 from volfs_fuse.idmap import IdMap
 from volfs_fuse.operations import VolfsOperations
-from volfs_fuse.quickwait import quick_wait
+from volfs_fuse.quickwait import BRIEF_WAIT_MS, quick_wait
 
 __all__ = ["serve", "main"]
 
@@ -127,7 +127,8 @@ async def _serve_until_done(ops: VolfsOperations) -> bool:
                 await pyfuse3.main(min_tasks=1, max_tasks=1)
             finally:
                 if waits is not None:
-                    log.info("waited for %d requests, %d of them already queued", waits.waits, waits.skipped)
+                    log.info("waited for %d requests, %d of them already queued, %d more within %d ms", waits.waits,
+                             waits.skipped, waits.brief, BRIEF_WAIT_MS)
         nursery.cancel_scope.cancel()
     return signalled
 
