@@ -240,6 +240,18 @@ def test_unlinked_open_file_lives_on(backend: Backend) -> None:
     backend.release(fh)
 
 
+def test_a_removed_file_that_is_not_open_is_stale(backend: Backend, request: pytest.FixtureRequest) -> None:
+    if backend.readonly:
+        return
+    attr = look(backend, "hello.txt")
+    backend.unlink(backend.root, b"hello.txt")
+    if "directory" in request.node.callspec.id:
+        return  # a directory volume answers for a removed file while it knows the inode
+    raises_errno(errno.ESTALE, backend.getattr, attr.ino)
+    raises_errno(errno.ESTALE, backend.setattr, attr.ino, SetAttr(mode=0o600))
+    raises_errno(errno.ESTALE, backend.setattr, attr.ino, SetAttr(mtime_ns=NOW))
+
+
 def test_symlink_and_link(backend: Backend) -> None:
     root = backend.root
     if backend.readonly:

@@ -197,20 +197,19 @@ class Ext4Backend:
         with self._lock:
             w = self._w()
             self._known(ino)
-            attr = self._getattr(ino)
-            if changes.size is not None:
-                if stat.S_ISDIR(attr.mode):
-                    raise error(errno.EISDIR, "is a directory")
-                if not stat.S_ISREG(attr.mode):
-                    raise error(errno.EINVAL, "not a regular file")
-            if changes.mode is not None and stat.S_ISLNK(attr.mode):
-                raise error(errno.EOPNOTSUPP, "symlinks have no mode of their own")
             now = time.time_ns()
             atime = now if changes.atime_ns is NOW else changes.atime_ns
             mtime = now if changes.mtime_ns is NOW else changes.mtime_ns
-            self._retry(lambda: w.setattr(ino, mode=changes.mode, uid=changes.uid, gid=changes.gid,
-                                          size=changes.size, atime_ns=atime if isinstance(atime, int) else None,
-                                          mtime_ns=mtime if isinstance(mtime, int) else None))
+            # The engine refuses what the protocol refuses (a size for anything but a regular file,
+            # a mode for a symlink) before it changes anything.
+            try:
+                self._retry(lambda: w.setattr(ino, mode=changes.mode, uid=changes.uid, gid=changes.gid,
+                                              size=changes.size, atime_ns=atime if isinstance(atime, int) else None,
+                                              mtime_ns=mtime if isinstance(mtime, int) else None))
+            except VolfsError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise error(errno.ESTALE, f"inode {ino} no longer exists") from None
+                raise
             return self._getattr(ino)
 
     def readlink(self, ino: Ino) -> bytes:

@@ -111,6 +111,15 @@ class Inode:
         return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
 
     @property
+    def may_have_xattrs(self) -> bool:
+        """False when the inode certainly has no xattrs: no xattr block, and the in-inode area ends
+        at its first entry (4 zero bytes after the magic, or no area at all)."""
+        if self.file_acl:
+            return True
+        start = INODE_BASE_SIZE + self.extra_isize
+        return any(self.raw[start + 4 : start + 8])
+
+    @property
     def ibody_xattr_area(self) -> bytes:
         """The in-inode xattr area (after the extra fields), possibly empty."""
         start = INODE_BASE_SIZE + self.extra_isize

@@ -1496,8 +1496,10 @@ class Writer:
         fs = self.fs
         with self.op():
             rec = fs._live(ino)
+            if mode is not None and rec.is_symlink:
+                raise error(errno.EOPNOTSUPP, "symlinks have no mode of their own")
             if size is not None:
-                self.truncate(ino, size)
+                self.truncate(ino, size)  # EISDIR, EINVAL: only regular files have a size to set
                 rec = fs.inode(ino)
             ed = InodeEditor(rec.raw)
             if mode is not None:
@@ -1523,9 +1525,8 @@ class Writer:
 
     def _stored_acl(self, ino: int, name: bytes) -> bytes | None:
         """The stored ACL ``name`` of ``ino`` in xattr format, or None."""
-        rec = self.fs.inode(ino)
-        if not rec.file_acl and not any(rec.ibody_xattr_area[4:8]):
-            return None  # no xattrs at all: the common case of every create, decided without parsing
+        if not self.fs.inode(ino).may_have_xattrs:
+            return None  # the common case of every create, decided without parsing
         return self.fs.xattrs(ino).get(name)
 
     def _inherit_acl(self, parent: int, ino: int) -> None:
