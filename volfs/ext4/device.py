@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from volfs.errors import error
@@ -49,6 +50,10 @@ class WritableBlockDevice(BlockDevice, Protocol):
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (EROFS on a read-only device)."""
+        ...
+
+    def pwritev(self, parts: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
+        """Write all of ``parts``, one after the other, from ``offset`` (without joining them first)."""
         ...
 
     def sync(self) -> None:
@@ -107,19 +112,27 @@ class FileDevice:
             raise error(exc.errno or errno.EIO, f"read error at byte {offset}: {exc.strerror}", self.path) from None
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        self.pwritev((data,), offset)
+
+    def pwritev(self, parts: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
         if not self.writable:
             raise error(errno.EROFS, "image opened read-only", self.path)
-        view = memoryview(data)
-        if offset < 0 or offset + len(view) > self._size:
-            raise error(errno.EIO, f"write of {len(view)} bytes at {offset} beyond the image", self.path)
+        views = [v for v in (memoryview(p).cast("B") for p in parts) if len(v)]
+        total = sum(len(v) for v in views)
+        if offset < 0 or offset + total > self._size:
+            raise error(errno.EIO, f"write of {total} bytes at {offset} beyond the image", self.path)
         try:
-            while len(view):
-                n = os.pwrite(self._fd, view, offset)
+            while views:
+                n = os.pwritev(self._fd, views, offset)
                 if n <= 0:
                     raise OSError(errno.EIO, "short write")
-                view = view[n:]
                 offset += n
                 self.bytes_written += n
+                # Drop what was written: whole parts, then the head of the next one.
+                while views and n >= len(views[0]):
+                    n -= len(views.pop(0))
+                if n:
+                    views[0] = views[0][n:]
         except OSError as exc:
             raise error(exc.errno or errno.EIO, f"write error at byte {offset}: {exc.strerror}", self.path) from None
 
@@ -159,6 +172,9 @@ class MemoryDevice:
             raise error(errno.EIO, f"write of {n} bytes at {offset} beyond the image")
         self._data[offset : offset + n] = data
         self.bytes_written += n
+
+    def pwritev(self, parts: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
+        self.pwrite(b"".join(parts), offset)
 
     def sync(self) -> None:
         pass

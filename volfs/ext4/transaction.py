@@ -98,13 +98,17 @@ class Transaction:
     def note_freed(self, start: int, count: int) -> None:
         self.freed.append((start, count))
 
-    def write_data(self, block: int, data: bytes | bytearray | memoryview) -> None:
-        """File data for the blocks from ``block``: straight to the device (ordered)."""
+    def write_data(self, block: int, *parts: bytes | bytearray | memoryview) -> None:
+        """File data for the blocks from ``block``: ``parts`` one after the other, straight to the device
+        (ordered), without joining them first."""
         bs = self.cache.block_size
-        n = len(data)
+        n = sum(len(p) for p in parts)
         if n == 0:
             return
-        self.device.pwrite(data, block * bs)
+        if len(parts) == 1:
+            self.device.pwrite(parts[0], block * bs)
+        else:
+            self.device.pwritev(parts, block * bs)
         self.cache.forget_range(block, (n + bs - 1) // bs)
         self.data_dirty = True
 

@@ -549,7 +549,7 @@ class Writer:
                 if s.end - 1 == last and tail_end < bs:
                     old = self._read_block_for_fill(rec.size, last, None if fresh else s.physical + last - s.logical)
                     parts.append(old[tail_end:])
-                self.txn.write_data(s.physical, parts[0] if len(parts) == 1 else b"".join(parts))
+                self.txn.write_data(s.physical, *parts)
             tree.replace(first, last + 1, segs)
             self._store_tree(ed, tree, rec.blocks_512, hole_total)
             if end > rec.size:
