@@ -477,3 +477,40 @@ def test_partial_block_writes_keep_the_edges(make_image: Callable[..., Path]) ->
 
     got = subprocess.run(["debugfs", "-R", "cat /f", str(img)], capture_output=True, check=True).stdout
     assert got == bytes(want)
+
+
+# --- inode generations -----------------------------------------------------------------------------------
+
+
+def test_new_inodes_get_distinct_generations(make_image: Callable[..., Path]) -> None:
+    import subprocess
+
+    img = make_image({})
+    b = Ext4Backend(img, readonly=False)
+    for i in range(40):
+        b.release(b.create(Ino(2), b"g%d" % i, 0o644, OpenFlags.WRITE, 0, 0)[0])
+    b.close()
+    check(img)
+    gens = set()
+    for i in range(40):
+        out = subprocess.run(["debugfs", "-R", f"stat /g{i}", str(img)], capture_output=True, text=True,
+                             check=True).stdout
+        gens.add(int(out.split("Generation:")[1].split()[0]))
+    assert len(gens) == 40
+
+
+def test_a_forked_writer_does_not_repeat_its_parents_generations() -> None:
+    import os
+
+    from volfs.ext4.writer import _GENERATIONS
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, _GENERATIONS.getrandbits(64).to_bytes(8, "little"))
+        os._exit(0)
+    os.close(w)
+    child = int.from_bytes(os.read(r, 8), "little")
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert child != _GENERATIONS.getrandbits(64)

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
+import random
 import stat
 import struct
 import time
@@ -172,6 +172,10 @@ _ACL_DEFAULT: Final = b"system.posix_acl_default"
 RENAME_NOREPLACE: Final = 1
 RENAME_EXCHANGE: Final = 2
 LINK_MAX: Final = 65000  # EXT4_LINK_MAX
+# i_generation only has to differ between the lives of one inode number (NFS handles, checksum seeds):
+# a PRNG seeded from the OS, as the kernel's get_random_u32, without a getrandom call per inode.
+_GENERATIONS: Final = random.Random()
+os.register_at_fork(after_in_child=_GENERATIONS.seed)  # a forked writer must not repeat its parent's
 _COMMIT_AT: Final = 2048  # dirty metadata blocks that trigger a commit between operations
 _MAX_FILE_BLOCKS: Final = (1 << 32) - 1  # logical blocks an extent tree can address
 _RO_COMPAT_DIR_NLINK: Final = 0x20
@@ -375,7 +379,7 @@ class Writer:
         ed.set_uid(uid)
         ed.set_gid(gid)
         ed.set_times(("a", "m", "c", "cr"), now)
-        ed.set("i_generation", secrets.randbits(32))
+        ed.set("i_generation", _GENERATIONS.getrandbits(32))
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
             ed.set("i_flags", EXT4_EXTENTS_FL)
             ed.set_i_block(_empty_extent_root())
