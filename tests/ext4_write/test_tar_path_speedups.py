@@ -514,3 +514,24 @@ def test_a_forked_writer_does_not_repeat_its_parents_generations() -> None:
     os.close(r)
     os.waitpid(pid, 0)
     assert child != _GENERATIONS.getrandbits(64)
+
+
+def test_transaction_patch_is_a_put_of_the_patched_block() -> None:
+    from volfs.ext4.cache import BlockCache
+    from volfs.ext4.device import MemoryDevice
+    from volfs.ext4.transaction import Transaction
+
+    dev = MemoryDevice(bytes(range(256)) * 16 * 4, writable=True)  # 4 blocks of 4 KiB
+    cache = BlockCache(dev, 4096, 4)
+    txn = Transaction(cache, dev)
+    before = cache.read(2)
+    txn.begin()
+    new = txn.patch(2, 4090, b"ABCDEF")
+    assert type(new) is bytes and len(new) == 4096
+    assert new == before[:4090] + b"ABCDEF"
+    assert cache.read(2) is new  # what readers are served from now on
+    new = txn.patch(2, 0, b"xy")
+    assert new == b"xy" + before[2:4090] + b"ABCDEF"
+    txn.abort()  # undone like any put
+    assert cache.read(2) == before
+    assert dev.data[2 * 4096 : 3 * 4096] == before  # nothing reached the device

@@ -99,8 +99,7 @@ class Allocator:
         data = txn.read(blk, "group descriptor")
         off = (group % per_block) * size
         raw = update_group_desc(sb, fs.fs_seed, group, data[off : off + size], values)
-        block = data[:off] + raw + data[off + size :]
-        txn.put(blk, block)  # (put keeps this very object: it is already bytes)
+        block = txn.patch(blk, off, raw, "group descriptor")
         # Hand the read side the new descriptor, derived from the old one and the values written,
         # instead of making it decode (and verify) the bytes just written (Filesystem.install_desc).
         fs.install_desc(group, blk, block, raw, updated_desc(sb, before, values, raw))
@@ -372,10 +371,7 @@ class Allocator:
         for index in range(first, end):
             byte = index * isz
             blk = desc.inode_table + byte // bs
-            data = bytearray(fs.txn_required().read(blk, "inode table"))
-            off = byte % bs
-            data[off : off + isz] = bytes(isz)
-            fs.txn_required().put(blk, data)
+            fs.txn_required().patch(blk, byte % bs, bytes(isz), "inode table")
 
     def free_inode(self, ino: int, is_dir: bool) -> None:
         fs = self.fs

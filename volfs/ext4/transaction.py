@@ -95,6 +95,15 @@ class Transaction:
             undo[block] = dirty.get(block)
         dirty[block] = bytes(data)
 
+    def patch(self, block: int, offset: int, data: bytes, structure: str = "block",
+              inode: int | None = None) -> bytes:
+        """Put metadata block ``block`` with ``data`` in place of its bytes at ``offset``; returns the new
+        contents (one copy of the block: joined from views of the current one around ``data``)."""
+        old = memoryview(self.read(block, structure, inode))
+        new = b"".join((old[:offset], data, old[offset + len(data) :]))
+        self.put(block, new)  # (bytes already: put keeps this very object)
+        return new
+
     def note_freed(self, start: int, count: int) -> None:
         self.freed.append((start, count))
 

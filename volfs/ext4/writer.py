@@ -357,10 +357,10 @@ class Writer:
             _g, blk, off = fs.inode_location(ino)
         else:
             blk, off = place
-        data = bytearray(self.txn.read(blk, "inode table", ino))
         raw = ed.finish(self._csum_seed(), ino)
-        data[off : off + fs.sb.inode_size] = raw
-        self.txn.put(blk, data)
+        if len(raw) != fs.sb.inode_size:
+            raise ValueError(f"inode {ino}: a record of {len(raw)} bytes is not s_inode_size")
+        self.txn.patch(blk, off, raw, "inode table", ino)
         # The read side takes the record as written instead of decoding (and verifying) it again
         # on the next inode(); its other decoded caches revalidate against the new bytes by themselves.
         # (The place still holds: putting an inode-table block changes no descriptor.)
