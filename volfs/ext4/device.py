@@ -61,6 +61,11 @@ class WritableBlockDevice(BlockDevice, Protocol):
         ...
 
 
+def _bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """A view of ``data`` whose len() counts bytes (a memoryview of wider items counts items)."""
+    return memoryview(data).cast("B")
+
+
 class FileDevice:
     """An image file, read-only unless opened with ``writable=True``."""
 
@@ -117,8 +122,8 @@ class FileDevice:
     def pwritev(self, parts: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
         if not self.writable:
             raise error(errno.EROFS, "image opened read-only", self.path)
-        views = [v for v in (memoryview(p).cast("B") for p in parts) if len(v)]
-        total = sum(len(v) for v in views)
+        views = [v for v in map(_bytes_view, parts) if len(v)]
+        total = sum(map(len, views))
         if offset < 0 or offset + total > self._size:
             raise error(errno.EIO, f"write of {total} bytes at {offset} beyond the image", self.path)
         try:

@@ -1314,13 +1314,14 @@ class Filesystem:
     def getxattr(self, ino: InodeNo | int, name: bytes) -> bytes:
         """Value of xattr ``name``; ENODATA when absent."""
         rec = self._live(ino)
-        split = split_name(name)
         # (No xattrs at all, the common case: a question the kernel asks before every chown and
         # the FUSE layer before a write-only handle's first write, answered without parsing.)
-        if split is not None and split[0] in _LISTED_INDEXES and rec.may_have_xattrs:
-            for n, idx, value in self._xattr_entries(rec):
-                if n == name:
-                    return value
+        if rec.may_have_xattrs:
+            split = split_name(name)
+            if split is not None and split[0] in _LISTED_INDEXES:
+                for n, idx, value in self._xattr_entries(rec):
+                    if n == name:
+                        return value
         raise error(errno.ENODATA, f"no xattr {name!r} on inode {ino}")
 
     def xattrs(self, ino: InodeNo | int) -> dict[bytes, bytes]:

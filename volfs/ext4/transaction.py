@@ -111,7 +111,7 @@ class Transaction:
         """File data for the blocks from ``block``: ``parts`` one after the other, straight to the device
         (ordered), without joining them first."""
         bs = self.cache.block_size
-        n = sum(len(p) for p in parts)
+        n = sum(map(len, parts))
         if n == 0:
             return
         if len(parts) == 1:
