@@ -535,3 +535,69 @@ def test_transaction_patch_is_a_put_of_the_patched_block() -> None:
     txn.abort()  # undone like any put
     assert cache.read(2) == before
     assert dev.data[2 * 4096 : 3 * 4096] == before  # nothing reached the device
+
+
+# --- the first write of a file without blocks (whole mapping at once) ---------------------------------------
+
+
+def _leaf_extents(img: Path, path: str) -> list[tuple[int, int, int]]:
+    """(logical, physical, length) of every leaf extent of ``path``, by debugfs."""
+    import subprocess
+
+    out = subprocess.run(["debugfs", "-R", f"ex {path}", str(img)], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines()[1:]:
+        cols = line.replace("-", " ").replace("/", " ").split()
+        # "Level Entries Logical Physical Length Flags": leaf rows are those at the deepest level
+        if len(cols) >= 8 and cols[0] == cols[1]:
+            rows.append((int(cols[4]), int(cols[6]), int(cols[-1]) if cols[-1].isdigit() else int(cols[-2])))
+    return rows
+
+
+@pytest.mark.parametrize("writes", [
+    [(0, 1)], [(0, 4096)], [(0, 10240)], [(0, 1 << 20)], [(5000, 3000)], [(1 << 22, 100)],
+    [(0, 10240), (10240, 10240), (20480, 7)],
+], ids=str)
+@pytest.mark.parametrize("fragmented", [False, True], ids=["contiguous", "fragmented"])
+def test_first_write_maps_as_the_tree_editor_does(make_image: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+                                                  writes: list[tuple[int, int]], fragmented: bool) -> None:
+    import subprocess
+
+    from volfs.ext4 import writer as writer_mod
+
+    def build(generic: bool) -> Path:
+        if generic:  # no file ever looks fresh: every write goes through the tree editor
+            root = writer_mod._EMPTY_EXTENT_ROOT
+            monkeypatch.setattr(writer_mod, "_empty_extent_root", lambda: root)
+            monkeypatch.setattr(writer_mod, "_EMPTY_EXTENT_ROOT", b"never")
+        else:
+            monkeypatch.undo()
+        img = make_image({})
+        b = Ext4Backend(img, readonly=False)
+        if fragmented:  # free space in 8-block holes: a large write takes many runs
+            for i in range(40):
+                fh = b.create(Ino(2), b"pad%d" % i, 0o644, OpenFlags.WRITE, 0, 0)[0]
+                b.write(fh, 0, b"p" * 8 * 4096)
+                b.release(fh)
+            b.sync()
+            for i in range(0, 40, 2):
+                b.unlink(Ino(2), b"pad%d" % i)
+            b.sync()
+        fh = b.create(Ino(2), b"f", 0o644, OpenFlags.WRITE, 0, 0)[0]
+        for off, n in writes:
+            b.write(fh, off, bytes([65 + off % 26]) * n)
+        b.release(fh)
+        b.close()
+        check(img)
+        return img
+
+    fast = build(False)
+    fast_ext = _leaf_extents(fast, "/f")
+    fast_data = subprocess.run(["debugfs", "-R", "cat /f", str(fast)], capture_output=True, check=True).stdout
+    fast.rename(fast.with_name("fast.img"))
+    generic = build(True)
+    assert fast_ext == _leaf_extents(generic, "/f")
+    assert fast_data == subprocess.run(["debugfs", "-R", "cat /f", str(generic)], capture_output=True,
+                                       check=True).stdout
+    if fragmented and writes == [(0, 1 << 20)]:
+        assert len(fast_ext) > 4  # the case that needs a tree block

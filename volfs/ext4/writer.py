@@ -518,25 +518,32 @@ class Writer:
             first, last = offset // bs, (end - 1) // bs
             if last > _MAX_FILE_BLOCKS - 1:
                 raise error(errno.EFBIG, "write beyond the largest ext4 file")
-            tree = self._tree(rec)
-            inside = tree.mapped(first, last + 1)
             # Segments of [first, last]: existing extents, and holes to allocate.
             segs: list[Extent] = []
-            hole_total = last + 1 - first - sum(e.length for e in inside)
-            new_runs: list[tuple[int, int]] = []
-            if hole_total:
-                new_runs = self.alloc.alloc_blocks(tree.goal(first, self._goal(ino)), hole_total)
-            run_iter = _RunFeeder(new_runs)
-            pos = first
             old_unwritten: dict[int, bool] = {}
-            for e in inside:
-                if e.logical > pos:
-                    segs.extend(run_iter.take(pos, e.logical - pos))
-                segs.append(make_extent(e.logical, e.length, e.physical, False))
-                old_unwritten[e.logical] = e.unwritten
-                pos = e.end
-            if last + 1 > pos:
-                segs.extend(run_iter.take(pos, last + 1 - pos))
+            tree: ExtentTree | None = None
+            if rec.blocks_512 == 0 and rec.i_block == _EMPTY_EXTENT_ROOT and rec.flags & EXT4_EXTENTS_FL:
+                # A file without blocks (every file a copy or an archive extract creates): it all is
+                # one hole, and its whole mapping is built at once below, without the tree editor.
+                hole_total = last + 1 - first
+                segs = _RunFeeder(self.alloc.alloc_blocks(self._goal(ino), hole_total)).take(first, hole_total)
+            else:
+                tree = self._tree(rec)
+                inside = tree.mapped(first, last + 1)
+                hole_total = last + 1 - first - sum(e.length for e in inside)
+                new_runs: list[tuple[int, int]] = []
+                if hole_total:
+                    new_runs = self.alloc.alloc_blocks(tree.goal(first, self._goal(ino)), hole_total)
+                run_iter = _RunFeeder(new_runs)
+                pos = first
+                for e in inside:
+                    if e.logical > pos:
+                        segs.extend(run_iter.take(pos, e.logical - pos))
+                    segs.append(make_extent(e.logical, e.length, e.physical, False))
+                    old_unwritten[e.logical] = e.unwritten
+                    pos = e.end
+                if last + 1 > pos:
+                    segs.extend(run_iter.take(pos, last + 1 - pos))
             # Data: one pwrite per segment, edge blocks completed from the old contents or zeros.
             mv = memoryview(data).cast("B")
             head = offset - first * bs
@@ -554,8 +561,11 @@ class Writer:
                     old = self._read_block_for_fill(rec.size, last, None if fresh else s.physical + last - s.logical)
                     parts.append(old[tail_end:])
                 self.txn.write_data(s.physical, *parts)
-            tree.replace(first, last + 1, segs)
-            self._store_tree(ed, tree, rec.blocks_512, hole_total)
+            if tree is None:
+                self._set_extents(ino, ed, segs, [])
+            else:
+                tree.replace(first, last + 1, segs)
+                self._store_tree(ed, tree, rec.blocks_512, hole_total)
             if end > rec.size:
                 ed.set_size(end)
             self._touch(ed, now)
