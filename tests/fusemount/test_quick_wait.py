@@ -80,7 +80,7 @@ def test_wait_returns_at_once_for_a_readable_pipe() -> None:
                 assert stats is not None
                 with trio.fail_after(5):
                     await pyfuse3.trio.lowlevel.wait_readable(r)
-                assert (stats.waits, stats.skipped, stats.brief) == (1, 1, 0)
+                assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 1, 0, 0)
 
         trio.run(main)
     finally:
@@ -108,7 +108,7 @@ def test_wait_blocks_until_the_pipe_becomes_readable() -> None:
                         await pyfuse3.trio.lowlevel.wait_readable(r)
                     order.append("woke")
                 assert order == ["write", "woke"]
-                assert (stats.waits, stats.skipped, stats.brief) == (1, 0, 0)
+                assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 0, 0, 0)
 
         trio.run(main)
     finally:
@@ -128,11 +128,42 @@ def test_wait_catches_a_request_that_comes_within_the_brief_wait(monkeypatch: py
                 assert stats is not None
                 writer.start()
                 await pyfuse3.trio.lowlevel.wait_readable(r)
-                assert (stats.waits, stats.skipped, stats.brief) == (1, 0, 1)
+                assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 0, 0, 1)
 
         trio.run(main)
     finally:
         writer.join()
+        os.close(r)
+        os.close(w)
+
+
+def test_spinning_stops_for_a_slow_client_and_resumes_for_a_fast_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A request 10 ms away is caught while spinning (200 ms here); one 1 s away is not, which turns
+    # spinning off, so the next fast one is caught by the sleeping wait, which turns it on again.
+    monkeypatch.setattr(quickwait, "SPIN_US", 200_000)
+    monkeypatch.setattr(quickwait, "BRIEF_WAIT_MS", 30_000)
+    r, w = os.pipe()
+    timers: list[threading.Timer] = []
+    try:
+
+        async def main() -> None:
+            with quick_wait() as stats:
+                assert stats is not None
+                seen = []
+                for delay in (0.01, 1.0, 0.01, 0.01):
+                    timer = threading.Timer(delay, os.write, (w, b"x"))
+                    timers.append(timer)
+                    timer.start()
+                    await pyfuse3.trio.lowlevel.wait_readable(r)
+                    os.read(r, 1)
+                    seen.append((stats.spun, stats.brief))
+                assert seen == [(1, 0), (1, 1), (1, 2), (2, 2)]
+                assert (stats.waits, stats.skipped) == (4, 0)
+
+        trio.run(main)
+    finally:
+        for timer in timers:
+            timer.join()
         os.close(r)
         os.close(w)
 
@@ -256,9 +287,10 @@ def test_a_mount_serves_through_it(home: Path, mounter: Mounter, tmp_path: Path)
     assert sorted(p.name for p in mp.iterdir() if p.name.startswith("f")) == sorted(f"f{i}" for i in range(200))
     unmount(resolve_home(home), "quick")
     text = (tmp_path / "daemon-quick.log").read_text()
-    m = re.search(r"waited for (\d+) requests, (\d+) of them already queued, (\d+) more within \d+ ms", text)
+    m = re.search(r"waited for (\d+) requests: (\d+) already queued, (\d+) came while spinning, (\d+) more within "
+                  r"\d+ ms", text)
     assert m, text
-    waits, queued, brief = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    waits, queued, spun, brief = (int(g) for g in m.groups())
     assert waits >= 600  # at least LOOKUP, CREATE and WRITE per file
-    assert 0 < queued + brief <= waits
+    assert 0 < queued + spun + brief <= waits
     e2fsck_clean(vol.disk_path)
