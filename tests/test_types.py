@@ -25,3 +25,28 @@ def test_mypy_strict(tmp_path: Path) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_open_flags_from_os_for_every_combination() -> None:
+    import itertools
+    import os
+
+    from volfs.backend import OpenFlags
+
+    for acc, append, trunc, excl, other in itertools.product(
+            (os.O_RDONLY, os.O_WRONLY, os.O_RDWR), (0, os.O_APPEND), (0, os.O_TRUNC), (0, os.O_EXCL),
+            (0, os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC)):
+        got = OpenFlags.from_os(acc | append | trunc | excl | other)
+        want = OpenFlags(0)
+        if acc != os.O_WRONLY:
+            want |= OpenFlags.READ
+        if acc != os.O_RDONLY:
+            want |= OpenFlags.WRITE
+        if append:
+            want |= OpenFlags.APPEND
+        if trunc:
+            want |= OpenFlags.TRUNC
+        if excl:
+            want |= OpenFlags.EXCL
+        assert got is want  # the very member (and type) the enum gives
+        assert got.writes == bool(want & (OpenFlags.WRITE | OpenFlags.APPEND | OpenFlags.TRUNC))

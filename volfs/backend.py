@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+import os as _os
 import stat as _stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -215,26 +216,31 @@ class OpenFlags(enum.IntFlag):
     @classmethod
     def from_os(cls, flags: int) -> OpenFlags:
         """Translate ``os.O_*`` flags (as FUSE passes them) into OpenFlags."""
-        import os
-
-        acc = flags & os.O_ACCMODE
-        out = cls(0)
-        if acc in (os.O_RDONLY, os.O_RDWR):
-            out |= cls.READ
-        if acc in (os.O_WRONLY, os.O_RDWR):
-            out |= cls.WRITE
-        if flags & os.O_APPEND:
-            out |= cls.APPEND
-        if flags & os.O_TRUNC:
-            out |= cls.TRUNC
-        if flags & os.O_EXCL:
-            out |= cls.EXCL
-        return out
+        # Built as a plain int and turned into a member once: each | of two IntFlags runs enum code.
+        acc = flags & _os.O_ACCMODE
+        value = 0
+        if acc in (_os.O_RDONLY, _os.O_RDWR):
+            value |= _READ
+        if acc in (_os.O_WRONLY, _os.O_RDWR):
+            value |= _WRITE
+        if flags & _os.O_APPEND:
+            value |= _APPEND
+        if flags & _os.O_TRUNC:
+            value |= _TRUNC
+        if flags & _os.O_EXCL:
+            value |= _EXCL
+        return cls(value)
 
     @property
     def writes(self) -> bool:
         """True if a handle opened with these flags may change the file."""
-        return bool(self & (OpenFlags.WRITE | OpenFlags.APPEND | OpenFlags.TRUNC))
+        return bool(self.value & _WRITES)
+
+
+# The flags as plain ints, for the translations above.
+_READ, _WRITE, _APPEND, _TRUNC, _EXCL = (f.value for f in (OpenFlags.READ, OpenFlags.WRITE, OpenFlags.APPEND,
+                                                            OpenFlags.TRUNC, OpenFlags.EXCL))
+_WRITES: Final = _WRITE | _APPEND | _TRUNC
 
 
 class RenameFlags(enum.IntFlag):
