@@ -5,10 +5,10 @@ Before reading each request, pyfuse3's worker takes its read lock, a
 scheduler), and then awaits ``trio.lowlevel.wait_readable`` on the device
 (another pass, plus an epoll re-arm and an epoll_wait). On our 2-core
 machines the two passes cost about 45 us of Python per request, where a
-bare GETATTR round trip without them takes about 20 us. Under a busy client
-the next request is nearly always queued already by the time a reply is
-sent (93% of the 35,000 requests of a ``tar`` extract), so both passes only
-cost time.
+bare GETATTR round trip without them takes about 20 us. With them, a busy
+client's next request was nearly always queued already by the time the
+worker came back for it (93% of the 35,000 requests of a ``tar`` extract),
+so both passes only cost time.
 
 :func:`quick_wait` swaps pyfuse3's ``trio`` for a stand-in that differs from
 trio in two places, and is trio's own object everywhere else:
