@@ -13,7 +13,9 @@ Two databases, one table shape:
 Every call opens its own short-lived connection: the registry is touched a few
 times per lifecycle operation, callers run in worker threads, and several
 processes share the file; SQLite's locking (plus a busy timeout) serialises
-them. SQLite errors become :class:`RegistryError` naming the database file.
+them, and a write that cannot begin within the busy timeout tries again for up
+to ``SETUP_TIMEOUT_S`` before it reports EBUSY. SQLite errors become
+:class:`RegistryError` naming the database file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import errno
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -36,6 +39,8 @@ from volfs.home import Home
 __all__ = ["VolumeRecord", "Registry", "ACTIVE_SANDBOX_STATES"]
 
 BUSY_TIMEOUT_MS: Final = 5000
+SETUP_TIMEOUT_S: Final = 20.0
+"""How long a write waits, in all, for the lock it needs to begin (see Registry._write)."""
 ACTIVE_SANDBOX_STATES: Final = ("Running", "Draining", "Paused")
 
 # The column set of microsandbox's volume table (migrations m20260305_000003
@@ -214,7 +219,7 @@ class Registry:
             yield conn
         except sqlite3.OperationalError as exc:
             message = str(exc)
-            if "locked" in message or "busy" in message:
+            if _is_busy(exc):
                 raise RegistryError(f"registry database is locked: {message}", str(path), errno.EBUSY) from None
             if "unable to open" in message:
                 raise RegistryError(f"cannot open registry database: {message}", str(path)) from None
@@ -249,10 +254,22 @@ class Registry:
             except OSError as exc:
                 raise RegistryError(f"cannot create the registry directory: {exc.strerror}", str(path.parent), exc.errno or errno.EIO) from None
         with self._connect(path, mode="rwc" if own else "rw") as conn:
-            if own:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute(_SCHEMA)
-            conn.execute("BEGIN IMMEDIATE")
+            # Nothing is done before the transaction begins, so a lock that outlasts the busy
+            # timeout (several processes making a new database WAL at once, each needing it alone
+            # for that) is waited out a while longer, instead of failing the caller with EBUSY.
+            deadline = time.monotonic() + SETUP_TIMEOUT_S
+            while True:
+                try:
+                    if own:
+                        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                            conn.execute("PRAGMA journal_mode = WAL")
+                        conn.execute(_SCHEMA)
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(0.05)
             try:
                 yield conn
             except BaseException:
@@ -337,3 +354,9 @@ class Registry:
                     users.append(str(sandbox))
                     break
         return users
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds a lock (SQLITE_BUSY, SQLITE_LOCKED)."""
+    message = str(exc)
+    return "locked" in message or "busy" in message

@@ -231,3 +231,37 @@ def test_sweep_spares_other_names(home: Path) -> None:
     Volume.create("a", home=home)
     Volume.remove("a", home=home)
     assert other.is_dir()
+
+
+def test_a_registry_lock_longer_than_the_busy_timeout_is_waited_out(home: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process keeps the registry write-locked past SQLite's busy timeout (shortened to
+    # 0.2 s here): a create waits for it instead of failing with EBUSY, and nothing is lost.
+    import threading
+    import time
+
+    from volfs import registry
+
+    Volume.create("first", home=home, kind="dir")
+    db = home / "db" / "volfs.db"
+    monkeypatch.setattr(registry, "BUSY_TIMEOUT_MS", 200)
+    locked, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(1.5)
+        conn.execute("COMMIT")
+        conn.close()
+        done.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        Volume.create("second", home=home, kind="dir")
+        assert done.is_set()  # it could only have been written after the lock went
+    finally:
+        holder.join()
+    assert sorted(h.name for h in Volume.list(home=home)) == ["first", "second"]
