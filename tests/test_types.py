@@ -50,3 +50,5 @@ def test_open_flags_from_os_for_every_combination() -> None:
             want |= OpenFlags.EXCL
         assert got is want  # the very member (and type) the enum gives
         assert got.writes == bool(want & (OpenFlags.WRITE | OpenFlags.APPEND | OpenFlags.TRUNC))
+        assert got.appends == bool(want & OpenFlags.APPEND)
+        assert got.write_only == (bool(want & OpenFlags.WRITE) and not want & OpenFlags.READ)

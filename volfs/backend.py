@@ -234,10 +234,21 @@ class OpenFlags(enum.IntFlag):
     @property
     def writes(self) -> bool:
         """True if a handle opened with these flags may change the file."""
-        return bool(self.value & _WRITES)
+        return bool(int(self) & _WRITES)
+
+    @property
+    def appends(self) -> bool:
+        """True if every write of such a handle goes to the end of the file."""
+        return bool(int(self) & _APPEND)
+
+    @property
+    def write_only(self) -> bool:
+        """True if such a handle may write but not read."""
+        f = int(self)
+        return bool(f & _WRITE) and not f & _READ
 
 
-# The flags as plain ints, for the translations above.
+# The flags as plain ints, for the properties above (each | or & of two IntFlags runs enum code).
 _READ, _WRITE, _APPEND, _TRUNC, _EXCL = (f.value for f in (OpenFlags.READ, OpenFlags.WRITE, OpenFlags.APPEND,
                                                             OpenFlags.TRUNC, OpenFlags.EXCL))
 _WRITES: Final = _WRITE | _APPEND | _TRUNC

@@ -55,11 +55,6 @@ def _erofs(reason: str = "opened read-only") -> VolfsError:
     return error(errno.EROFS, f"the ext4 backend is read-only: {reason}")
 
 
-_APPEND: Final = int(OpenFlags.APPEND)
-_WRITE: Final = int(OpenFlags.WRITE)
-_READ: Final = int(OpenFlags.READ)
-
-
 class _Handle:
     """An open file: its inode and what its flags allow, decided once at open (flag arithmetic on
     the IntFlag enum runs Python code, and a write or read asks on every call)."""
@@ -70,9 +65,8 @@ class _Handle:
         self.ino = ino
         self.flags = flags
         self.writes = flags.writes
-        f = int(flags)
-        self.append = bool(f & _APPEND)
-        self.write_only = bool(f & _WRITE) and not f & _READ
+        self.append = flags.appends
+        self.write_only = flags.write_only
 
 
 class Ext4Backend:
