@@ -1529,7 +1529,7 @@ class Writer:
                 ed.set_times(("m",), mtime_ns)
             ed.set_times(("c",), ctime_ns if ctime_ns is not None else _now_ns())
             self.store(ino, ed)
-            if mode is not None and not rec.is_symlink:
+            if mode is not None:  # (never a symlink's: refused above)
                 # As the kernel's posix_acl_chmod: a stored access ACL follows the new mode, else its
                 # owner/mask/other entries would keep granting what chmod just took away.
                 acl = self._stored_acl(ino, _ACL_ACCESS)
