@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,102 +71,107 @@ def test_leaves_another_stand_in_alone() -> None:
         pyfuse3.trio = trio
 
 
-def test_wait_returns_at_once_for_a_readable_pipe() -> None:
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """(read end, write end) of a pipe: the device a wait waits on, and the client's side of it."""
     r, w = os.pipe()
-    try:
-        os.write(w, b"x")
+    yield r, w
+    os.close(r)
+    os.close(w)
 
-        async def main() -> None:
-            with quick_wait() as stats:
-                assert stats is not None
+
+@pytest.fixture
+def write_later(pipe: tuple[int, int]) -> Iterator[Callable[[float], None]]:
+    """write_later(delay): another thread (the client) writes a byte into the pipe after ``delay`` s.
+
+    Every such thread has ended before the pipe is closed (this fixture ends before ``pipe``).
+    """
+    timers: list[threading.Timer] = []
+
+    def start(delay: float) -> None:
+        timer = threading.Timer(delay, os.write, (pipe[1], b"x"))
+        timers.append(timer)
+        timer.start()
+
+    yield start
+    for timer in timers:
+        timer.join()
+
+
+def test_wait_returns_at_once_for_a_readable_pipe(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    os.write(w, b"x")
+
+    async def main() -> None:
+        with quick_wait() as stats:
+            assert stats is not None
+            with trio.fail_after(5):
+                await pyfuse3.trio.lowlevel.wait_readable(r)
+            assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 1, 0, 0)
+
+    trio.run(main)
+
+
+def test_wait_blocks_until_the_pipe_becomes_readable(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+
+    async def main() -> None:
+        with quick_wait() as stats:
+            assert stats is not None
+            order: list[str] = []
+
+            async def writer() -> None:
+                await trio.sleep(0.2)
+                order.append("write")
+                os.write(w, b"x")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
                 with trio.fail_after(5):
                     await pyfuse3.trio.lowlevel.wait_readable(r)
-                assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 1, 0, 0)
+                order.append("woke")
+            assert order == ["write", "woke"]
+            assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 0, 0, 0)
 
-        trio.run(main)
-    finally:
-        os.close(r)
-        os.close(w)
-
-
-def test_wait_blocks_until_the_pipe_becomes_readable() -> None:
-    r, w = os.pipe()
-    try:
-
-        async def main() -> None:
-            with quick_wait() as stats:
-                assert stats is not None
-                order: list[str] = []
-
-                async def writer() -> None:
-                    await trio.sleep(0.2)
-                    order.append("write")
-                    os.write(w, b"x")
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(writer)
-                    with trio.fail_after(5):
-                        await pyfuse3.trio.lowlevel.wait_readable(r)
-                    order.append("woke")
-                assert order == ["write", "woke"]
-                assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 0, 0, 0)
-
-        trio.run(main)
-    finally:
-        os.close(r)
-        os.close(w)
+    trio.run(main)
 
 
-def test_wait_catches_a_request_that_comes_within_the_brief_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wait_catches_a_request_that_comes_within_the_brief_wait(
+        pipe: tuple[int, int], write_later: Callable[[float], None], monkeypatch: pytest.MonkeyPatch) -> None:
     # Another thread (the client) writes while the worker waits in the kernel: trio is not involved.
     monkeypatch.setattr(quickwait, "BRIEF_WAIT_MS", 30_000)
-    r, w = os.pipe()
-    writer = threading.Timer(0.1, os.write, (w, b"x"))
-    try:
 
-        async def main() -> None:
-            with quick_wait() as stats:
-                assert stats is not None
-                writer.start()
-                await pyfuse3.trio.lowlevel.wait_readable(r)
-                assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 0, 0, 1)
+    async def main() -> None:
+        with quick_wait() as stats:
+            assert stats is not None
+            write_later(0.1)
+            await pyfuse3.trio.lowlevel.wait_readable(pipe[0])
+            assert (stats.waits, stats.skipped, stats.spun, stats.brief) == (1, 0, 0, 1)
 
-        trio.run(main)
-    finally:
-        writer.join()
-        os.close(r)
-        os.close(w)
+    trio.run(main)
 
 
-def test_spinning_stops_for_a_slow_client_and_resumes_for_a_fast_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spinning_stops_for_a_slow_client_and_resumes_for_a_fast_one(
+        pipe: tuple[int, int], write_later: Callable[[float], None], monkeypatch: pytest.MonkeyPatch) -> None:
     # A request 10 ms away is caught while spinning (200 ms here); one 1 s away is not, which turns
     # spinning off, so the next fast one is caught by the sleeping wait, which turns it on again.
     monkeypatch.setattr(quickwait, "SPIN_US", 200_000)
     monkeypatch.setattr(quickwait, "BRIEF_WAIT_MS", 30_000)
-    r, w = os.pipe()
-    timers: list[threading.Timer] = []
-    try:
+    r = pipe[0]
 
-        async def main() -> None:
-            with quick_wait() as stats:
-                assert stats is not None
-                seen = []
-                for delay in (0.01, 1.0, 0.01, 0.01):
-                    timer = threading.Timer(delay, os.write, (w, b"x"))
-                    timers.append(timer)
-                    timer.start()
-                    await pyfuse3.trio.lowlevel.wait_readable(r)
-                    os.read(r, 1)
-                    seen.append((stats.spun, stats.brief))
-                assert seen == [(1, 0), (1, 1), (1, 2), (2, 2)]
-                assert (stats.waits, stats.skipped) == (4, 0)
+    async def main() -> None:
+        with quick_wait() as stats:
+            assert stats is not None
+            seen = []
+            for delay in (0.01, 1.0, 0.01, 0.01):
+                write_later(delay)
+                await pyfuse3.trio.lowlevel.wait_readable(r)
+                os.read(r, 1)
+                seen.append((stats.spun, stats.brief))
+            assert seen == [(1, 0), (1, 1), (1, 2), (2, 2)]
+            assert (stats.waits, stats.skipped) == (4, 0)
 
-        trio.run(main)
-    finally:
-        for timer in timers:
-            timer.join()
-        os.close(r)
-        os.close(w)
+    trio.run(main)
 
 
 def test_lock_goes_to_each_waiter_once_and_a_cancelled_waiter_gives_up() -> None:
@@ -218,20 +224,14 @@ def test_wait_returns_for_a_hung_up_pipe() -> None:
         os.close(r)
 
 
-def test_wait_is_cancellable_when_it_waits() -> None:
-    r, w = os.pipe()
-    try:
+def test_wait_is_cancellable_when_it_waits(pipe: tuple[int, int]) -> None:
+    async def main() -> None:
+        with quick_wait():
+            with trio.move_on_after(0.2) as scope:
+                await pyfuse3.trio.lowlevel.wait_readable(pipe[0])
+            assert scope.cancelled_caught
 
-        async def main() -> None:
-            with quick_wait():
-                with trio.move_on_after(0.2) as scope:
-                    await pyfuse3.trio.lowlevel.wait_readable(r)
-                assert scope.cancelled_caught
-
-        trio.run(main)
-    finally:
-        os.close(r)
-        os.close(w)
+    trio.run(main)
 
 
 def test_lock_is_taken_without_a_checkpoint_but_every_nth_time() -> None:
