@@ -21,7 +21,16 @@ mount, in order, as observed by recording a real mount (Linux 6.x,
 Prints the CPU time, the requests per kind with their time, and checks the
 image with ``e2fsck -fn``. ``--profile`` adds a cProfile by internal time.
 
-Usage: .venv/bin/python scripts/bench/fuse_requests.py [ARCHIVE] [--profile]
+``--instructions`` counts instructions instead of time: valgrind's callgrind
+runs this script twice, once in full and once with ``--setup-only`` (the
+same archive read, image made and mount objects built, but no request), and
+the difference is what the replay itself executed. Unlike CPU time, that
+count does not move with the load of a shared machine (the same code gives
+the same count to within a few parts in ten thousand), so it can tell
+whether a change to the daemon's per-request work helped, where timing runs
+on a noisy host cannot. It takes a few minutes; valgrind is a Debian package.
+
+Usage: .venv/bin/python scripts/bench/fuse_requests.py [ARCHIVE] [--profile | --instructions]
 (default ARCHIVE: a tar of Python's standard library, made as fuse_mount.py makes it)
 """
 
@@ -31,6 +40,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import re
 import shutil
 import stat
 import subprocess
@@ -151,10 +161,45 @@ def read_members(archive: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     return out
 
 
+def _callgrind(archive: Path, *flags: str) -> tuple[int, str]:
+    """(instructions executed, standard output) of this script run under callgrind with ``flags``."""
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+           sys.executable, str(Path(__file__).resolve()), str(archive), *flags]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    found = re.search(r"Collected : (\d+)", r.stderr)
+    if r.returncode != 0 or found is None:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout}{r.stderr[-2000:]}")
+    return int(found.group(1)), r.stdout
+
+
+def count_instructions(archive: Path) -> int:
+    """Print what the replay of ``archive`` executes, setup excluded (see the module header)."""
+    if shutil.which("valgrind") is None:
+        print("--instructions needs valgrind (Debian package valgrind)", file=sys.stderr)
+        return 2
+    base, _ = _callgrind(archive, "--setup-only")
+    total, out = _callgrind(archive)
+    sys.stdout.write(out)
+    counts = re.search(r"^(\d+) requests for (\d+) members", out, re.MULTILINE)
+    if counts is None:
+        raise SystemExit("the replay printed no request count")
+    requests, members = int(counts.group(1)), int(counts.group(2))
+    replay = total - base
+    print(f"instructions: {replay / 1e6:.1f} M for the replay ({total / 1e6:.1f} M in all, "
+          f"{base / 1e6:.1f} M without a request): {replay / requests / 1e3:.1f} k per request, "
+          f"{replay / members / 1e3:.1f} k per member")
+    return 0 if "e2fsck -fn: clean" in out else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("archive", nargs="?", type=Path)
-    ap.add_argument("--profile", action="store_true", help="print a cProfile of the replay (by internal time)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--profile", action="store_true", help="print a cProfile of the replay (by internal time)")
+    mode.add_argument("--instructions", action="store_true",
+                      help="count the instructions the replay executes, under valgrind (see above)")
+    mode.add_argument("--setup-only", action="store_true",
+                      help="do everything but the replay (the baseline of --instructions)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="volfs-requests-"))
     try:
@@ -163,12 +208,18 @@ def main() -> int:
             from fuse_mount import source_tarball
 
             archive = source_tarball(work, Path(sysconfig.get_paths()["stdlib"]))
+        if args.instructions:
+            return count_instructions(archive)
         members = read_members(archive)
         img = work / "bench.img"
         mkfs(img, 1 << 30)
         backend = Ext4Backend(img, readonly=False)
         ops = VolfsOperations(backend, IdMap((0, 0)), exclusive=True)
         replay = Replay(ops)
+        if args.setup_only:
+            ops.drain()
+            backend.close()
+            return 0
         wall, cpu = time.perf_counter(), time.process_time()
         prof = cProfile.Profile() if args.profile else None
         if prof is not None:
