@@ -197,7 +197,7 @@ def main() -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--profile", action="store_true", help="print a cProfile of the replay (by internal time)")
     mode.add_argument("--instructions", action="store_true",
-                      help="count the instructions the replay executes, under valgrind (see above)")
+                      help="count the instructions the replay executes, under valgrind (see the module docstring)")
     mode.add_argument("--setup-only", action="store_true",
                       help="do everything but the replay (the baseline of --instructions)")
     args = ap.parse_args()
