@@ -70,9 +70,10 @@ def _op(fn: F) -> F:
 
     Every request but a WRITE first drains a pending write-behind run, so it
     sees the run written, and is charged against the write-behind's bound on
-    free space (see writebehind.py); ``write`` does both itself.
+    free space (see writebehind.py); ``write`` and ``setattr`` do both
+    themselves.
     """
-    drains = fn.__name__ != "write"
+    drains = fn.__name__ not in ("write", "setattr")
 
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
@@ -198,6 +199,15 @@ class VolfsOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         ino = self._b(inode)
+        behind = self._behind
+        if behind is not None:
+            run = behind.run
+            # The changes to a file whose appended bytes are pending (tar's utimensat after its
+            # writes) go to the backend with them, in one write (see WriteBehind.drain).
+            made = run is not None and behind.drain(then=changes if run.ino == ino else None)
+            behind.charge()
+            if made:
+                return self._entry(self._backend.getattr(ino))
         if changes.is_empty():
             return self._entry(self._backend.getattr(ino))
         handle = FileHandle(fh) if fh is not None else None

@@ -34,7 +34,7 @@ from __future__ import annotations
 import errno
 import logging
 
-from volfs.backend import Backend, FileHandle, Ino
+from volfs.backend import Backend, FileHandle, Ino, SetAttr
 
 __all__ = ["WriteBehind"]
 
@@ -129,14 +129,40 @@ class WriteBehind:
         self.run = run
         return True
 
-    def drain(self) -> None:
-        """Give the pending run (if any) to the backend; a failure is kept for the run's handle, never raised."""
+    def drain(self, then: SetAttr | None = None) -> bool:
+        """Give the pending run (if any) to the backend; a failure is kept for the run's handle, never raised.
+
+        ``then``: a SETATTR of the run's file, which the caller is about to
+        make: given to the backend with the run (``Backend.write``'s ``then``),
+        so that the ext4 engine stores the file's record once for both, unless
+        it changes the size or nothing. True: it was made (the caller answers
+        with the file's attributes). False: the caller makes it itself, as
+        after a plain drain. That is also what happens when the write with
+        the changes fails: the run is then written alone (so its failure is
+        the run's, reported as any other drain's) unless the file's size shows
+        the write stood (a backend that does the two in one step leaves
+        neither done), and the caller's own setattr reports the changes' error.
+        """
         run = self.run
         if run is None:
-            return
+            return False
         self.run = None
         data = b"".join(run.chunks)
         self.charge_write(len(data))
+        if then is not None and then.size is None and not then.is_empty():
+            try:
+                done = self._backend.write(FileHandle(run.fh), run.offset, data, then)
+            except OSError:
+                if self._stood(run):
+                    return False  # the caller's setattr meets the changes' error again
+            except Exception:
+                log.exception("internal error in the write-behind of inode %d", run.ino)
+                self._errors.setdefault(run.fh, OSError(errno.EIO, "internal error while writing behind"))
+                return False
+            else:
+                if done != len(data):
+                    self._errors.setdefault(run.fh, OSError(errno.EIO, f"the backend wrote {done} of {len(data)}"))
+                return True
         try:
             done = self._backend.write(FileHandle(run.fh), run.offset, data)
             if done != len(data):
@@ -150,6 +176,14 @@ class WriteBehind:
             # a request, from the idle task), where an exception would end the FUSE main loop.
             log.exception("internal error in the write-behind of inode %d", run.ino)
             self._errors.setdefault(run.fh, OSError(errno.EIO, "internal error while writing behind"))
+        return False
+
+    def _stood(self, run: _Run) -> bool:
+        """Whether the run's bytes are in the file: runs start at its end, and nothing else writes it."""
+        try:
+            return self._backend.getattr(run.ino).size > run.offset
+        except OSError:
+            return False
 
     def take_error(self, fh: int) -> OSError | None:
         """The failure of a drained run of ``fh`` not yet reported, once."""

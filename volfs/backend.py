@@ -476,13 +476,21 @@ class Backend(Protocol):
         """
         ...
 
-    def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview) -> int:
+    def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview,
+              then: SetAttr | None = None) -> int:
         """Write all of ``data`` at ``offset`` and return ``len(data)``.
 
         With APPEND the data goes to the end of the file, whatever ``offset``.
         Writing past the end leaves a hole. Errors: EBADF (handle not opened
         for writing), EINVAL, EFBIG, ENOSPC, EROFS.
         Changes: the data, size, blocks, mtime and ctime.
+
+        ``then``: attribute changes to make right after the write, as
+        :meth:`setattr` of the handle's inode makes them (EINVAL if they
+        include a size), with its errors. A backend that can does both in one
+        step, so that an error leaves neither done (the ext4 backend: one
+        engine operation, which also stores the inode once instead of twice);
+        otherwise (a directory backend) the write stands when the changes fail.
         """
         ...
 

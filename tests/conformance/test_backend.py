@@ -178,6 +178,26 @@ def test_write_handles(backend: Backend) -> None:
     assert backend.getattr(attr.ino).size == 0
 
 
+def test_write_with_changes(backend: Backend) -> None:
+    """write's ``then``: the attribute changes of a setattr made right after the write."""
+    attr = look(backend, "hello.txt")
+    if backend.readonly:
+        raises_errno(errno.EROFS, backend.open, attr.ino, OpenFlags.WRITE)
+        return
+    fh = backend.open(attr.ino, OpenFlags.READ | OpenFlags.WRITE)
+    try:
+        when = 1_234_567_890_123_456_000  # (whole microseconds: a directory backend's host may round)
+        assert backend.write(fh, 12, b"more", then=SetAttr(mode=0o600, mtime_ns=when)) == 4
+        after = backend.getattr(attr.ino)
+        assert (stat.S_IMODE(after.mode), after.mtime_ns, after.size) == (0o600, when, 16)
+        assert backend.read(fh, 0, 100) == b"hello world\nmore"
+        # A size is setattr's, not a write's: refused before anything is written.
+        raises_errno(errno.EINVAL, backend.write, fh, 16, b"!", SetAttr(size=0))
+        assert backend.getattr(attr.ino).size == 16
+    finally:
+        backend.release(fh)
+
+
 def test_create(backend: Backend) -> None:
     root = backend.root
     if backend.readonly:

@@ -13,18 +13,20 @@ Every image written ends e2fsck-clean.
 
 from __future__ import annotations
 
+import errno
 import random
 import stat
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ext4_write.support import check
-from volfs.backend import Ino, OpenFlags, SetAttr
+from ext4_write.support import check, images
+from volfs.backend import NOW, Ino, OpenFlags, SetAttr
 from volfs.backends.ext4 import Ext4Backend
-from volfs.errors import CorruptError
+from volfs.errors import CorruptError, VolfsError
 from volfs.ext4 import Filesystem
 from volfs.ext4.group import descriptor_block, parse_group_desc, update_group_desc, updated_desc
 from volfs.ext4.checksum import inode_seed
@@ -601,3 +603,68 @@ def test_first_write_maps_as_the_tree_editor_does(make_image: Callable[..., Path
                                        check=True).stdout
     if fragmented and writes == [(0, 1 << 20)]:
         assert len(fast_ext) > 4  # the case that needs a tree block
+
+
+_ACCESS = b"system.posix_acl_access"
+# user::rw- user:1000:r-- group::r-- mask::rw- other::--- (posix_acl_xattr format)
+_FILE_ACL = [(1, 6, 0xFFFFFFFF), (2, 4, 1000), (4, 4, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]
+
+
+@pytest.mark.parametrize("variant", ["default", "inline", "i128"])
+def test_a_write_with_its_changes_stores_what_a_write_then_a_setattr_store(
+        make_image: Callable[..., Path], variant: str) -> None:
+    """Backend.write's ``then`` (one engine operation, the record stored once) against the two calls
+    it replaces, on twin files: every attribute but ctime equal, the same data and ACL, for an
+    empty, an inline-sized and a multi-block write, times, owners, a mode (with an access ACL that
+    must follow it), and the NOW marker; a size among the changes is refused before anything."""
+    image = make_image(variant)
+    b = Ext4Backend(image, readonly=False)
+    try:
+        cases = [
+            (b"", SetAttr(mtime_ns=1_500_000_000_123_456_789)),
+            (b"x" * 50, SetAttr(atime_ns=1_400_000_000_000_000_001, mtime_ns=1_400_000_000_000_000_001)),
+            (b"y" * 50_000, SetAttr(mtime_ns=1_600_000_000_987_654_321, uid=1000, gid=70000)),
+            (b"z" * 9000, SetAttr(mode=0o640)),
+            (b"w" * 5000, SetAttr(mode=0o4755, uid=0, gid=0)),
+        ]
+        for i, (data, changes) in enumerate(cases):
+            fused, fused_ino = b.create(ROOT, b"fused%d" % i, 0o600, OpenFlags.WRITE, 0, 0)
+            apart, apart_ino = b.create(ROOT, b"apart%d" % i, 0o600, OpenFlags.WRITE, 0, 0)
+            if changes.mode is not None:
+                for ino in (fused_ino.ino, apart_ino.ino):
+                    b.setxattr(ino, _ACCESS, images.acl_xattr(_FILE_ACL))
+            assert b.write(fused, 0, data, then=changes) == len(data)
+            assert b.write(apart, 0, data) == len(data)
+            b.setattr(apart_ino.ino, changes)
+            got, want = b.getattr(fused_ino.ino), b.getattr(apart_ino.ino)
+            for field in ("mode", "nlink", "uid", "gid", "size", "blocks"):
+                assert getattr(got, field) == getattr(want, field), (variant, i, field)
+            # Times the changes do not set are the clock's (the twins are made one after the other).
+            for field, value in (("atime_ns", changes.atime_ns), ("mtime_ns", changes.mtime_ns)):
+                if value is not None:
+                    assert getattr(got, field) == getattr(want, field), (variant, i, field)
+            assert got.mtime_ns == want.mtime_ns if changes.mtime_ns is not None else got.mtime_ns >= got.atime_ns
+            assert got.ctime_ns >= got.atime_ns and want.ctime_ns >= want.atime_ns
+            if changes.mode is not None:
+                acl = b.getxattr(fused_ino.ino, _ACCESS)
+                assert acl == b.getxattr(apart_ino.ino, _ACCESS)
+                assert acl != images.acl_xattr(_FILE_ACL)  # it did follow the mode
+            for fh, ino in ((fused, fused_ino.ino), (apart, apart_ino.ino)):
+                b.release(fh)
+                rfh = b.open(ino, OpenFlags.READ)
+                assert b.read(rfh, 0, 1 << 20) == data
+                b.release(rfh)
+        # NOW in the changes is the backend's clock, as setattr's.
+        fh, attr = b.create(ROOT, b"now", 0o600, OpenFlags.WRITE, 0, 0)
+        before = time.time_ns()
+        b.write(fh, 0, b"n", then=SetAttr(mtime_ns=NOW))
+        assert before - before % 10**9 <= b.getattr(attr.ino).mtime_ns <= time.time_ns()  # (i128: seconds only)
+        # A size is not a write's change: EINVAL, and the write did not happen either.
+        with pytest.raises(VolfsError) as err:
+            b.write(fh, 1, b"more", then=SetAttr(size=0))
+        assert err.value.errno == errno.EINVAL
+        assert b.getattr(attr.ino).size == 1
+        b.release(fh)
+    finally:
+        b.close()
+    check(image)

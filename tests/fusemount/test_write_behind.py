@@ -23,7 +23,7 @@ import pytest
 from fusemount.support import Mounter, wait_gone
 from testsupport import e2fsck_clean, flip_bits, loop_mount, need, need_root
 
-from volfs.backend import FileHandle, OpenFlags
+from volfs.backend import FileHandle, OpenFlags, SetAttr
 from volfs.backends.ext4 import Ext4Backend
 from volfs.ext4.mkfs import mkfs
 from volfs.sync import Volume
@@ -48,18 +48,28 @@ class Counting:
     def __init__(self, backend: Ext4Backend) -> None:
         self._b = backend
         self.writes: list[tuple[int, int]] = []
+        self.thens: list[SetAttr | None] = []  # each write's attribute changes
         self.fail: Exception | None = None
+        self.fail_then: Exception | None = None  # for writes with changes only
+        self.then_fails_after_write = False  # as a backend that writes, then fails to change
         self.statfs_calls = 0
 
     def statfs(self) -> Any:
         self.statfs_calls += 1
         return self._b.statfs()
 
-    def write(self, fh: FileHandle, offset: int, data: bytes) -> int:
+    def write(self, fh: FileHandle, offset: int, data: bytes, then: SetAttr | None = None) -> int:
         if self.fail is not None:
             raise self.fail
+        if then is not None and self.fail_then is not None:
+            if self.then_fails_after_write:
+                self.writes.append((offset, len(data)))
+                self.thens.append(None)
+                self._b.write(fh, offset, data)
+            raise self.fail_then
         self.writes.append((offset, len(data)))
-        return self._b.write(fh, offset, data)
+        self.thens.append(then)
+        return self._b.write(fh, offset, data, then)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._b, name)
@@ -150,6 +160,62 @@ def _fields(**kw: bool) -> Any:
     """What setattr reads from pyfuse3's SetattrFields (whose attributes are read-only)."""
     names = ("update_atime", "update_mtime", "update_ctime", "update_mode", "update_uid", "update_gid", "update_size")
     return SimpleNamespace(**{n: kw.get(n, False) for n in names})
+
+
+WHEN = 1_500_000_000_123_456_789
+
+
+def test_a_setattr_of_the_pending_file_goes_with_its_bytes(harness: Harness) -> None:
+    """tar's utimensat (and any SETATTR but a truncate) of the file whose bytes are pending reaches
+    the backend with them, as one write; its answer is the file's state after both."""
+    fh, ino = harness.create(b"f")
+    data = chunks(3)
+    for i, c in enumerate(data):
+        harness.call("write", fh, i * CHUNK, c)
+    attr = harness.call("setattr", ino, _attrs(mtime_ns=WHEN, mode=0o100600),
+                        _fields(update_mtime=True, update_mode=True), fh, CTX)
+    assert harness.backend.writes == [(0, 3 * CHUNK)]
+    assert harness.backend.thens == [SetAttr(mode=0o600, mtime_ns=WHEN)]
+    assert (attr.st_mtime_ns, attr.st_mode, attr.st_size) == (WHEN, 0o100600, 3 * CHUNK)
+    got = harness.engine.getattr(ino)
+    assert (got.mtime_ns, got.mode, got.size, got.blocks) == (WHEN, 0o100600, 3 * CHUNK, attr.st_blocks)
+    assert harness.content(ino) == b"".join(data)
+    # Nothing pending now: the owner's SETATTR is an ordinary one.
+    harness.call("setattr", ino, _attrs(uid=7, gid=8), _fields(update_uid=True, update_gid=True), fh, CTX)
+    assert len(harness.backend.writes) == 1
+    assert (harness.engine.getattr(ino).uid, harness.engine.getattr(ino).gid) == (7, 8)
+    # A truncate does not go with the bytes: drained first, then truncated.
+    harness.call("write", fh, 3 * CHUNK, b"t" * 100)
+    attr = harness.call("setattr", ino, _attrs(size=10), _fields(update_size=True), fh, CTX)
+    assert harness.backend.thens[1:] == [None] and attr.st_size == 10
+    harness.call("release", fh)
+
+
+@pytest.mark.parametrize("failure", ["changes only", "both", "after the write"])
+def test_a_failed_write_with_changes_is_done_apart(harness: Harness, failure: str, caplog: Any) -> None:
+    """When the write with the changes fails, the run is written alone (unless the file shows it
+    stood), its failure is the handle's as any drain's, and the SETATTR is made apart, with its own
+    answer: no byte twice, no change lost."""
+    fh, ino = harness.create(b"f")
+    harness.call("write", fh, 0, b"x" * CHUNK)
+    harness.backend.fail_then = OSError(errno.EIO, "device error")
+    harness.backend.then_fails_after_write = failure == "after the write"
+    if failure == "both":
+        harness.backend.fail = OSError(errno.EIO, "device error")
+    attr = harness.call("setattr", ino, _attrs(mtime_ns=WHEN), _fields(update_mtime=True), fh, CTX)
+    harness.backend.fail = harness.backend.fail_then = None
+    assert attr.st_mtime_ns == WHEN == harness.engine.getattr(ino).mtime_ns
+    if failure == "both":
+        assert harness.backend.writes == [] and harness.engine.getattr(ino).size == 0
+        assert "write-behind" in caplog.text
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            harness.call("fsync", fh, False)  # the run's failure: the handle's, once
+        assert err.value.errno == errno.EIO
+    else:
+        assert harness.backend.writes == [(0, CHUNK)] and harness.backend.thens == [None]
+        assert harness.content(ino) == b"x" * CHUNK
+    harness.call("fsync", fh, False)
+    harness.call("release", fh)
 
 
 def test_write_through_another_handle_keeps_order(harness: Harness) -> None:

@@ -655,10 +655,13 @@ class DirectoryBackend:
         return b"".join(parts)
 
     @_host_errors
-    def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview) -> int:
+    def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview,
+              then: SetAttr | None = None) -> int:
         """See :meth:`volfs.backend.Backend.write`."""
         if offset < 0:
             raise error(errno.EINVAL, "negative offset")
+        if then is not None and then.size is not None:
+            raise error(errno.EINVAL, "a write's attribute changes cannot include a size")
         handle = self._handle(fh)
         if not handle.flags.writes:
             raise error(errno.EBADF, "handle not open for writing")
@@ -670,6 +673,9 @@ class DirectoryBackend:
             if n <= 0:
                 raise error(errno.EIO, "host write made no progress")
             done += n
+        if then is not None:
+            # The host has no write-and-chmod: the write stands if the changes fail.
+            self.setattr(handle.ino, then, fh)
         return total
 
     @_host_errors

@@ -40,7 +40,7 @@ from volfs.ext4 import ROOT_INO, Filesystem
 from volfs.ext4 import Attr as EngineAttr
 from volfs.ext4._records import maker
 from volfs.ext4.directory import ft_to_mode
-from volfs.ext4.writer import Writer
+from volfs.ext4.writer import AttrChange, Writer
 
 __all__ = ["Ext4Backend"]
 
@@ -187,19 +187,27 @@ class Ext4Backend:
             self._known(ino)
             return self._getattr(ino)
 
+    @staticmethod
+    def _change(changes: SetAttr) -> AttrChange:
+        """The engine's form of ``changes`` but the size: NOW becomes the current time."""
+        atime, mtime = changes.atime_ns, changes.mtime_ns
+        if atime is NOW or mtime is NOW:
+            now = time.time_ns()
+            atime = now if atime is NOW else atime
+            mtime = now if mtime is NOW else mtime
+        return AttrChange(changes.mode, changes.uid, changes.gid, atime if isinstance(atime, int) else None,
+                          mtime if isinstance(mtime, int) else None)
+
     def setattr(self, ino: Ino, changes: SetAttr, fh: FileHandle | None = None) -> Attr:
         with self._lock:
             w = self._w()
             self._known(ino)
-            now = time.time_ns()
-            atime = now if changes.atime_ns is NOW else changes.atime_ns
-            mtime = now if changes.mtime_ns is NOW else changes.mtime_ns
+            c = self._change(changes)
             # The engine refuses what the protocol refuses (a size for anything but a regular file,
             # a mode for a symlink) before it changes anything.
             try:
-                self._retry(lambda: w.setattr(ino, mode=changes.mode, uid=changes.uid, gid=changes.gid,
-                                              size=changes.size, atime_ns=atime if isinstance(atime, int) else None,
-                                              mtime_ns=mtime if isinstance(mtime, int) else None))
+                self._retry(lambda: w.setattr(ino, mode=c.mode, uid=c.uid, gid=c.gid, size=changes.size,
+                                              atime_ns=c.atime_ns, mtime_ns=c.mtime_ns))
             except VolfsError as exc:
                 if exc.errno == errno.ENOENT:
                     raise error(errno.ESTALE, f"inode {ino} no longer exists") from None
@@ -322,7 +330,8 @@ class Ext4Backend:
         self._open[ino] = self._open.get(ino, 0) + 1
         return FileHandle(fh)
 
-    def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview) -> int:
+    def write(self, fh: FileHandle, offset: int, data: bytes | bytearray | memoryview,
+              then: SetAttr | None = None) -> int:
         with self._lock:
             h = self._handles.get(fh)
             if h is None:
@@ -331,11 +340,15 @@ class Ext4Backend:
                 raise error(errno.EBADF, "handle not opened for writing")
             if offset < 0:
                 raise error(errno.EINVAL, "negative offset")
+            if then is not None and then.size is not None:
+                raise error(errno.EINVAL, "a write's attribute changes cannot include a size")
             w = self._w()
             if h.append:
                 offset = self._fs.inode(h.ino).size
             hino = h.ino
-            return self._retry(lambda: w.write_data(hino, offset, data))
+            # One engine operation for both: the record is stored once, and a failure leaves neither done.
+            c = self._change(then) if then is not None else None
+            return self._retry(lambda: w.write_data(hino, offset, data, then=c))
 
     def setxattr(self, ino: Ino, name: bytes, value: bytes, flags: XattrFlags = XattrFlags(0)) -> None:
         with self._lock:

@@ -66,7 +66,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from volfs.errors import CorruptError, VolfsError, error
 from volfs.ext4.alloc import Allocator
@@ -164,7 +164,7 @@ if TYPE_CHECKING:
     from volfs.ext4.device import WritableBlockDevice
     from volfs.ext4.filesystem import Filesystem
 
-__all__ = ["Writer", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "LINK_MAX"]
+__all__ = ["Writer", "AttrChange", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "LINK_MAX"]
 
 _ACL_ACCESS: Final = b"system.posix_acl_access"
 _ACL_DEFAULT: Final = b"system.posix_acl_default"
@@ -186,6 +186,19 @@ _SEEDS: Final = 1024  # per-inode checksum seeds kept (a pure function of fs see
 
 def _now_ns() -> int:
     return time.time_ns()
+
+
+class AttrChange(NamedTuple):
+    """Attribute changes for :meth:`Writer.write_data` to make with its write, as :meth:`Writer.setattr`
+    would make them (``None`` leaves a field alone; ctime becomes ``ctime_ns`` or now). No size: a
+    write that truncates is two operations."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -495,8 +508,14 @@ class Writer:
         return data
 
     def write_data(self, ino: int, offset: int, data: bytes | bytearray | memoryview, *,
-                   dir_ok: bool = False) -> int:
-        """Write ``data`` at ``offset`` of regular file ``ino`` (see the module header)."""
+                   dir_ok: bool = False, then: AttrChange | None = None) -> int:
+        """Write ``data`` at ``offset`` of regular file ``ino`` (see the module header).
+
+        ``then``: attribute changes made in the same operation, after the
+        write, as :meth:`setattr` makes them: the file's record is stored once
+        for both (the FUSE layer's write-behind hands its pending bytes over
+        this way with the SETATTR that follows them).
+        """
         fs = self.fs
         n = len(data)
         with self.op():
@@ -507,9 +526,13 @@ class Writer:
             ed = InodeEditor(rec.raw)
             now = _now_ns()
             if n == 0:
+                if then is not None:
+                    self.setattr(ino, **then._asdict())
                 return 0
             if rec.flags & EXT4_INLINE_DATA_FL or inline_write.may_inline(self, rec, offset + n):
                 if inline_write.write(self, rec, offset, data, now):
+                    if then is not None:
+                        self.setattr(ino, **then._asdict())
                     return n
                 rec = fs.inode(ino)
                 ed = InodeEditor(rec.raw)
@@ -569,7 +592,11 @@ class Writer:
             if end > rec.size:
                 ed.set_size(end)
             self._touch(ed, now)
+            if then is not None:
+                self._edit_attrs(rec, ed, *then)
             self.store(ino, ed)
+            if then is not None and then.mode is not None:
+                self._acl_follows_mode(ino, then.mode)
         self.maybe_commit()
         return n
 
@@ -1516,26 +1543,35 @@ class Writer:
                 self.truncate(ino, size)  # EISDIR, EINVAL: only regular files have a size to set
                 rec = fs.inode(ino)
             ed = InodeEditor(rec.raw)
-            if mode is not None:
-                ed.set("i_mode", stat.S_IFMT(rec.mode) | (mode & 0o7777))
-            if uid is not None:
-                ed.set_uid(uid)
-            if gid is not None:
-                ed.set_gid(gid)
-            # Equal atime and mtime (utimensat with one time) are encoded once.
-            if atime_ns is not None:
-                ed.set_times(("a", "m") if mtime_ns == atime_ns else ("a",), atime_ns)
-            if mtime_ns is not None and mtime_ns != atime_ns:
-                ed.set_times(("m",), mtime_ns)
-            ed.set_times(("c",), ctime_ns if ctime_ns is not None else _now_ns())
+            self._edit_attrs(rec, ed, mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
             self.store(ino, ed)
             if mode is not None:  # (never a symlink's: refused above)
-                # As the kernel's posix_acl_chmod: a stored access ACL follows the new mode, else its
-                # owner/mask/other entries would keep granting what chmod just took away.
-                acl = self._stored_acl(ino, _ACL_ACCESS)
-                if acl is not None:
-                    self._xattr_change(ino, _ACL_ACCESS, acl_chmod(acl, mode), 0)
+                self._acl_follows_mode(ino, mode)
         self.maybe_commit()
+
+    @staticmethod
+    def _edit_attrs(rec: Inode, ed: InodeEditor, mode: int | None, uid: int | None, gid: int | None,
+                    atime_ns: int | None, mtime_ns: int | None, ctime_ns: int | None) -> None:
+        """:meth:`setattr`'s changes but the size, to ``ed``, the record of ``rec`` being edited."""
+        if mode is not None:
+            ed.set("i_mode", stat.S_IFMT(rec.mode) | (mode & 0o7777))
+        if uid is not None:
+            ed.set_uid(uid)
+        if gid is not None:
+            ed.set_gid(gid)
+        # Equal atime and mtime (utimensat with one time) are encoded once.
+        if atime_ns is not None:
+            ed.set_times(("a", "m") if mtime_ns == atime_ns else ("a",), atime_ns)
+        if mtime_ns is not None and mtime_ns != atime_ns:
+            ed.set_times(("m",), mtime_ns)
+        ed.set_times(("c",), ctime_ns if ctime_ns is not None else _now_ns())
+
+    def _acl_follows_mode(self, ino: int, mode: int) -> None:
+        """As the kernel's posix_acl_chmod: a stored access ACL follows a new mode, else its
+        owner/mask/other entries would keep granting what chmod just took away."""
+        acl = self._stored_acl(ino, _ACL_ACCESS)
+        if acl is not None:
+            self._xattr_change(ino, _ACL_ACCESS, acl_chmod(acl, mode), 0)
 
     def _stored_acl(self, ino: int, name: bytes) -> bytes | None:
         """The stored ACL ``name`` of ``ino`` in xattr format, or None."""
