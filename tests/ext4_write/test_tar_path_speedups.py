@@ -668,3 +668,52 @@ def test_a_write_with_its_changes_stores_what_a_write_then_a_setattr_store(
     finally:
         b.close()
     check(image)
+
+
+@pytest.mark.parametrize("variant", ["default", "i128", "inline-i1024", "b1024", "csumseed"])
+def test_records_built_from_their_changes_are_the_decode_of_their_bytes(
+        make_image: Callable[..., Path], variant: str) -> None:
+    """setattr and a directory's new times hand the read side a record built from the old one and
+    the changes (with_attrs), not decoded: after random setattrs (times before 1970, past 2038,
+    past what the format holds, odd nanoseconds; owners past 16 bits; modes with the special
+    bits) and creates, every record the read side holds equals a verified decode of its bytes."""
+    from volfs.ext4.superblock import INCOMPAT_LARGEDIR, RO_COMPAT_HUGE_FILE
+
+    image = make_image(variant)
+    b = Ext4Backend(image, readonly=False)
+    fs = b.filesystem
+    rnd = random.Random(61)
+    times = [0, 1, -1, -(1 << 31) * 10**9 - 5, (1 << 31) * 10**9 + 999_999_999, (1 << 34) * 10**9,
+             (1 << 40) * 10**9, 1_700_000_000_123_456_789, -123_456_789]
+    files = []
+    for i in range(120):
+        if not files or rnd.random() < 0.3:
+            parent = ROOT if not files or rnd.random() < 0.5 else b.mkdir(ROOT, b"d%d" % i, 0o755, 0, 0).ino
+            fh, attr = b.create(parent, b"f%d" % i, 0o644, OpenFlags.WRITE, 0, 0)
+            b.release(fh)
+            files.append(attr.ino)
+        ino = rnd.choice(files)
+        kind = rnd.randrange(4)
+        if kind == 0:
+            changes = SetAttr(mode=rnd.choice([0o7777, 0o4755, 0o2640, 0, 0o600]))
+        elif kind == 1:
+            changes = SetAttr(uid=rnd.choice([0, 1000, 65535, 65536, 70000, (1 << 32) - 2, (1 << 32) + 5]),
+                              gid=rnd.choice([0, 100, 65537, (1 << 31) + 3]))
+        elif kind == 2:
+            t = rnd.choice(times)
+            changes = SetAttr(atime_ns=t, mtime_ns=t if rnd.random() < 0.5 else rnd.choice(times))
+        else:
+            changes = SetAttr(mtime_ns=rnd.choice(times), mode=0o640, uid=rnd.randrange(1 << 20))
+        b.setattr(ino, changes)
+        sb = fs.sb
+        for n, slot in list(fs._inodes._d.items()):
+            blk, off = fs.inode_place(n)
+            raw = fs.cache.read(blk)[off : off + sb.inode_size]
+            want = parse_inode(n, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
+                               huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
+                               csum_seed=fs.fs_seed if sb.metadata_csum else None)
+            assert fs.inode(n) == want, (variant, i, n, changes)
+        if i % 50 == 0:
+            b.sync()
+    b.close()
+    check(image)

@@ -516,7 +516,7 @@ class Filesystem:
         self._dx_miss = None
 
     def install_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes,
-                      place: tuple[int, int] | None | bool = True) -> None:
+                      place: tuple[int, int] | None | bool = True, rec: Inode | None = None) -> None:
         """Cache the record the write side just put at (``block``, ``offset``) as ``ino``'s parse.
 
         The write side computed ``raw`` (checksum included), so it is parsed
@@ -528,7 +528,8 @@ class Filesystem:
         the record lies outside the initialised inode table), drops the entry
         instead, so that call reads it as before.  ``place`` is
         :meth:`inode_place` of ``ino`` when the caller has just asked it
-        (nothing changed since); True: ask it here.
+        (nothing changed since); True: ask it here. ``rec``: the decode of
+        ``raw``, when the caller built it (:func:`~volfs.ext4.inode.with_attrs`).
         """
         cache = self.cache
         sb = self.sb
@@ -546,9 +547,10 @@ class Filesystem:
         if len(raw) != size or data[offset : offset + size] != raw or (block, offset) != place:
             self._inodes.pop(ino)
             return
-        rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
-                          huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
-                          csum_seed=None, block=block)
+        if rec is None:
+            rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
+                              huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
+                              csum_seed=None, block=block)
         self._inodes.put(ino, _InodeSlot(cache.epoch, block, data, offset, rec))
 
     def install_desc(self, group: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:

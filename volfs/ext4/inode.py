@@ -24,7 +24,7 @@ from volfs.ext4._struct import Struct
 from volfs.ext4.checksum import crc32c_raw, inode_seed
 from volfs.ext4.types import InodeNo
 
-__all__ = ["INODE", "Inode", "parse_inode", "inode_checksum", "EXT4_INDEX_FL", "EXT4_EXTENTS_FL",
+__all__ = ["INODE", "Inode", "parse_inode", "with_attrs", "inode_checksum", "EXT4_INDEX_FL", "EXT4_EXTENTS_FL",
            "EXT4_INLINE_DATA_FL", "EXT4_ENCRYPT_FL", "EXT4_CASEFOLD_FL", "EXT4_EA_INODE_FL",
            "EXT4_HUGE_FILE_FL", "EXT4_VERITY_FL", "InodeEditor", "encode_time", "encode_rdev"]
 
@@ -251,6 +251,33 @@ def encode_time(ns: int, has_extra: bool) -> tuple[int, int]:
     s32 = low - (1 << 32) if low & 0x80000000 else low
     epoch = ((sec - s32) >> 32) & 3
     return low, epoch | (nsec << 2)
+
+
+def with_attrs(rec: Inode, raw: bytes, mode: int | None, uid: int | None, gid: int | None,
+               atime_ns: int | None, mtime_ns: int | None, ctime_ns: int | None) -> Inode | None:
+    """What :func:`parse_inode` gives for ``raw``, the record of ``rec`` after an :class:`InodeEditor`
+    set ``i_mode`` to ``mode``, the owner (``set_uid``, ``set_gid``) and the times (``set_times``) to
+    the values given (None: left alone) and nothing else, then finished it: built from ``rec``
+    without decoding ``raw``.
+
+    The write side stores many records whose only changes are these (setattr,
+    a directory's times), and decoding one costs more than the rest of the
+    store. Each time is the decode of its encoding (:func:`encode_time`,
+    :func:`_time_ns`), so it is what a decode of ``raw`` reads. None (decode
+    ``raw`` instead) for a record without every ``*_extra`` time field, where
+    the encoding depends on the field.
+    """
+    if rec.extra_isize < 24:
+        return None
+    return _make_inode(
+        rec.ino, rec.mode if mode is None else mode & 0xFFFF, rec.uid if uid is None else uid & 0xFFFFFFFF,
+        rec.gid if gid is None else gid & 0xFFFFFFFF, rec.size, rec.links_count, rec.blocks_512, rec.flags,
+        rec.generation, rec.file_acl,
+        rec.atime_ns if atime_ns is None else _time_ns(*encode_time(atime_ns, True)),
+        rec.mtime_ns if mtime_ns is None else _time_ns(*encode_time(mtime_ns, True)),
+        rec.ctime_ns if ctime_ns is None else _time_ns(*encode_time(ctime_ns, True)),
+        rec.crtime_ns, rec.dtime, rec.i_block, rec.extra_isize, rec.projid, rec.version, raw,
+    )
 
 
 def encode_rdev(rdev: int) -> bytes:

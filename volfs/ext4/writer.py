@@ -129,6 +129,7 @@ from volfs.ext4.inode import (
     Inode,
     InodeEditor,
     encode_rdev,
+    with_attrs,
 )
 from volfs.ext4.checksum import inode_seed
 from volfs.ext4.journal import JOURNAL_SUPERBLOCK
@@ -359,7 +360,14 @@ class Writer:
     def editor(self, ino: int) -> InodeEditor:
         return InodeEditor(self.fs.inode(ino).raw)
 
-    def store(self, ino: int, ed: InodeEditor) -> None:
+    def store(self, ino: int, ed: InodeEditor, old: Inode | None = None, change: AttrChange | None = None) -> None:
+        """Put ``ed``'s record of ``ino`` into its inode-table block, and hand it to the read side.
+
+        ``old`` and ``change``: ``ed`` is ``old``'s record with only these
+        changes made (``change.mode`` the whole ``i_mode``, ``ctime_ns`` set);
+        the read side then gets the new record built from ``old``
+        (:func:`~volfs.ext4.inode.with_attrs`) instead of decoding it again.
+        """
         fs = self.fs
         # Where inode() reads the record (None: outside the initialised table, where this side
         # still writes it, and the read side refuses it as before).
@@ -377,7 +385,8 @@ class Writer:
         # The read side takes the record as written instead of decoding (and verifying) it again
         # on the next inode(); its other decoded caches revalidate against the new bytes by themselves.
         # (The place still holds: putting an inode-table block changes no descriptor.)
-        fs.install_inode(ino, blk, off, raw, place)
+        fs.install_inode(ino, blk, off, raw, place,
+                         with_attrs(old, raw, *change) if old is not None and change is not None else None)
 
     def _writable_inode(self, rec: Inode) -> None:
         if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL):
@@ -1284,13 +1293,17 @@ class Writer:
         return ino
 
     def _touch_dir(self, ino: int, now: int, links: int = 0) -> None:
-        ed = self.editor(ino)
+        rec = self.fs.inode(ino)
+        ed = InodeEditor(rec.raw)
         if links > 0:
             self._inc_dir_links(ed)
         elif links < 0:
             self._dec_dir_links(ed)
         self._touch(ed, now)
-        self.store(ino, ed)
+        if links:
+            self.store(ino, ed)
+        else:  # (every create's: only the times change)
+            self.store(ino, ed, rec, AttrChange(mtime_ns=now, ctime_ns=now))
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> InodeNo:
         fs = self.fs
@@ -1543,8 +1556,10 @@ class Writer:
                 self.truncate(ino, size)  # EISDIR, EINVAL: only regular files have a size to set
                 rec = fs.inode(ino)
             ed = InodeEditor(rec.raw)
-            self._edit_attrs(rec, ed, mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
-            self.store(ino, ed)
+            ctime = ctime_ns if ctime_ns is not None else _now_ns()
+            self._edit_attrs(rec, ed, mode, uid, gid, atime_ns, mtime_ns, ctime)
+            self.store(ino, ed, rec, AttrChange(None if mode is None else stat.S_IFMT(rec.mode) | (mode & 0o7777),
+                                                uid, gid, atime_ns, mtime_ns, ctime))
             if mode is not None:  # (never a symlink's: refused above)
                 self._acl_follows_mode(ino, mode)
         self.maybe_commit()
