@@ -36,7 +36,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import pyfuse3
@@ -62,11 +62,15 @@ class _Writer(NamedTuple):
     pid: int
 
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
 
 
-def _op(fn: F) -> F:
-    """Turn every exception of a handler into a FUSEError (see the module header).
+def _op(fn: Callable[..., T]) -> Callable[..., Coroutine[Any, Any, T]]:
+    """The pyfuse3 handler (a coroutine function) that runs ``fn``, a plain function, and turns
+    every exception of it into a FUSEError (see the module header).
+
+    The handlers themselves are plain functions, since none of them waits for
+    anything: a coroutine of their own for each request would only cost time.
 
     Every request but a WRITE first drains a pending write-behind run, so it
     sees the run written, and is charged against the write-behind's bound on
@@ -83,7 +87,7 @@ def _op(fn: F) -> F:
                 behind.drain()
             behind.charge()
         try:
-            return await fn(*args)
+            return fn(*args)
         except pyfuse3.FUSEError:
             raise
         except OSError as exc:
@@ -92,7 +96,7 @@ def _op(fn: F) -> F:
             log.exception("internal error in %s%r", fn.__name__, args[1:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class VolfsOperations(pyfuse3.Operations):
@@ -167,21 +171,21 @@ class VolfsOperations(pyfuse3.Operations):
     # -- names and attributes -----------------------------------------------
 
     @_op
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_name(name)
         return self._entry(self._backend.lookup(self._b(parent_inode), name))
 
     @_op
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self._backend.forget(self._b(ino), count)
 
     @_op
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(self._backend.getattr(self._b(inode)))
 
     @_op
-    async def setattr(
+    def setattr(
         self,
         inode: int,
         attr: pyfuse3.EntryAttributes,
@@ -214,11 +218,11 @@ class VolfsOperations(pyfuse3.Operations):
         return self._entry(self._backend.setattr(ino, changes, handle))
 
     @_op
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         return self._backend.readlink(self._b(inode))
 
     @_op
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         # Only reached without default_permissions: the usual owner/group/other rule.
         a = self._entry(self._backend.getattr(self._b(inode)))
         if ctx.uid == 0:
@@ -234,7 +238,7 @@ class VolfsOperations(pyfuse3.Operations):
     # -- directories --------------------------------------------------------
 
     @_op
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         ino = self._b(inode)
         if not self._backend.getattr(ino).is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -244,7 +248,7 @@ class VolfsOperations(pyfuse3.Operations):
         return handle
 
     @_op
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         ino = self._dirs.get(fh)
         if ino is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -264,15 +268,15 @@ class VolfsOperations(pyfuse3.Operations):
                 return
 
     @_op
-    async def releasedir(self, fh: int) -> None:
+    def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
     @_op
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
         self._backend.sync()
 
     @_op
-    async def mkdir(
+    def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._check_name(name)
@@ -281,14 +285,14 @@ class VolfsOperations(pyfuse3.Operations):
         return self._entry(self._backend.mkdir(self._b(parent_inode), name, perm, uid, gid))
 
     @_op
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._check_name(name)
         self._backend.rmdir(self._b(parent_inode), name)
 
     # -- other names --------------------------------------------------------
 
     @_op
-    async def mknod(
+    def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._check_name(name)
@@ -297,7 +301,7 @@ class VolfsOperations(pyfuse3.Operations):
         return self._entry(self._backend.mknod(self._b(parent_inode), name, full, rdev, uid, gid))
 
     @_op
-    async def symlink(
+    def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._check_name(name)
@@ -305,19 +309,19 @@ class VolfsOperations(pyfuse3.Operations):
         return self._entry(self._backend.symlink(self._b(parent_inode), name, target, uid, gid))
 
     @_op
-    async def link(
+    def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._check_name(new_name)
         return self._entry(self._backend.link(self._b(inode), self._b(new_parent_inode), new_name))
 
     @_op
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._check_name(name)
         self._backend.unlink(self._b(parent_inode), name)
 
     @_op
-    async def rename(
+    def rename(
         self,
         parent_inode_old: int,
         name_old: bytes,
@@ -408,12 +412,12 @@ class VolfsOperations(pyfuse3.Operations):
             return False
 
     @_op
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         ino = self._b(inode)
         return self._file_info(self._backend.open(ino, OpenFlags.from_os(flags)), ino, flags, ctx)
 
     @_op
-    async def create(
+    def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_name(name)
@@ -423,11 +427,11 @@ class VolfsOperations(pyfuse3.Operations):
         return self._file_info(fh, attr.ino, flags, ctx), self._entry(attr)
 
     @_op
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes:
         return self._backend.read(FileHandle(fh), off, size)
 
     @_op
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    def write(self, fh: int, off: int, buf: bytes) -> int:
         behind = self._behind
         if behind is not None:
             if behind.extend(fh, off, buf):  # continues this handle's pending run
@@ -451,7 +455,7 @@ class VolfsOperations(pyfuse3.Operations):
             raise failed
 
     @_op
-    async def flush(self, fh: int) -> None:
+    def flush(self, fh: int) -> None:
         # Nothing to do at close(2): writes reach the backend as they come (and,
         # were the writeback cache on, the kernel writes dirty pages back before
         # it even looks at this answer), fsync makes them durable, and POSIX
@@ -461,12 +465,12 @@ class VolfsOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_op
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    def fsync(self, fh: int, datasync: bool) -> None:
         self._raise_deferred(fh)
         self._backend.fsync(FileHandle(fh), datasync)
 
     @_op
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> None:
         self._direct.pop(fh, None)
         if self._behind is not None:
             self._behind.forget(fh)
@@ -480,25 +484,25 @@ class VolfsOperations(pyfuse3.Operations):
     # -- extended attributes ------------------------------------------------
 
     @_op
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         return self._backend.getxattr(self._b(inode), name)
 
     @_op
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._backend.setxattr(self._b(inode), name, value)
 
     @_op
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+    def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return self._backend.listxattr(self._b(inode))
 
     @_op
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._backend.removexattr(self._b(inode), name)
 
     # -- whole filesystem ---------------------------------------------------
 
     @_op
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+    def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = self._backend.statfs()
         out = pyfuse3.StatvfsData()
         out.f_bsize = s.bsize
