@@ -26,7 +26,11 @@ Caching: reads and read-write opens use the kernel's page cache; write-only
 opens bypass it (``_file_info``), which makes dropping privileges on a write
 the daemon's job (``_kill_privs``); on a disk volume their appends are
 collected by the write-behind (writebehind.py), which every other request
-drains first (``_op``).
+drains first (``_op``); a SETATTR of the file being written goes to the
+backend together with its pending bytes (``setattr``).
+
+Handlers are plain functions: none of them waits for anything, and ``_op``
+wraps each in the coroutine function pyfuse3 calls.
 """
 
 from __future__ import annotations

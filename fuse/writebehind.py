@@ -23,6 +23,12 @@ so when a failure of that work can be reported:
   failed writeback at the next fsync. A ``close`` without ``fsync`` does not
   see it, as on ext4.
 
+A SETATTR of the run's own file (tar's ``futimens`` right after the data)
+goes to the backend with the run, as one write with attribute changes
+(``drain``'s ``then``), so that the engine stores the file's record once. If
+that combined write fails, the run is written alone and the SETATTR made
+apart, so each failure is reported where it would have been without it.
+
 Only mounts that are the storage's sole writer use it (a disk volume): there,
 nothing outside the daemon can look at the storage while a run is pending.
 The daemon also drains about once a second, so an idle writer's bytes do not
