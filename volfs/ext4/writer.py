@@ -190,9 +190,13 @@ def _now_ns() -> int:
 
 
 class AttrChange(NamedTuple):
-    """Attribute changes for :meth:`Writer.write_data` to make with its write, as :meth:`Writer.setattr`
-    would make them (``None`` leaves a field alone; ctime becomes ``ctime_ns`` or now). No size: a
-    write that truncates is two operations."""
+    """Attribute changes as :meth:`Writer.setattr` makes them (``None`` leaves a field alone).
+
+    Given to :meth:`Writer.write_data` (``then``: made with its write; ctime
+    becomes ``ctime_ns`` or now; no size, a write that truncates is two
+    operations) and to :meth:`Writer.store` (the changes a record was edited
+    with, all resolved: ``mode`` the whole ``i_mode``, ``ctime_ns`` set).
+    """
 
     mode: int | None = None
     uid: int | None = None
