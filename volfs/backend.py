@@ -68,6 +68,7 @@ __all__ = [
     "XattrFlags",
     "Backend",
     "check_name",
+    "check_write_changes",
 ]
 
 Ino = NewType("Ino", int)
@@ -197,6 +198,15 @@ class SetAttr:
             and self.atime_ns is None
             and self.mtime_ns is None
         )
+
+
+def check_write_changes(then: SetAttr | None) -> None:
+    """Raise EINVAL if ``then``, the attribute changes of a ``write``, includes a size.
+
+    Every backend calls this before its write does anything (see ``Backend.write``).
+    """
+    if then is not None and then.size is not None:
+        raise error(_errno.EINVAL, "a write's attribute changes cannot include a size")
 
 
 class OpenFlags(enum.IntFlag):

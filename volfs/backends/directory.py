@@ -80,6 +80,7 @@ from volfs.backend import (
     StatFs,
     XattrFlags,
     check_name,
+    check_write_changes,
 )
 from volfs.errors import VolfsError, error
 
@@ -660,8 +661,7 @@ class DirectoryBackend:
         """See :meth:`volfs.backend.Backend.write`."""
         if offset < 0:
             raise error(errno.EINVAL, "negative offset")
-        if then is not None and then.size is not None:
-            raise error(errno.EINVAL, "a write's attribute changes cannot include a size")
+        check_write_changes(then)
         handle = self._handle(fh)
         if not handle.flags.writes:
             raise error(errno.EBADF, "handle not open for writing")

@@ -34,6 +34,7 @@ from volfs.backend import (
     StatFs,
     XattrFlags,
     check_name,
+    check_write_changes,
 )
 from volfs.errors import VolfsError, error
 from volfs.ext4 import ROOT_INO, Filesystem
@@ -340,8 +341,7 @@ class Ext4Backend:
                 raise error(errno.EBADF, "handle not opened for writing")
             if offset < 0:
                 raise error(errno.EINVAL, "negative offset")
-            if then is not None and then.size is not None:
-                raise error(errno.EINVAL, "a write's attribute changes cannot include a size")
+            check_write_changes(then)
             w = self._w()
             if h.append:
                 offset = self._fs.inode(h.ino).size
