@@ -1560,20 +1560,21 @@ class Writer:
                 self.truncate(ino, size)  # EISDIR, EINVAL: only regular files have a size to set
                 rec = fs.inode(ino)
             ed = InodeEditor(rec.raw)
-            ctime = ctime_ns if ctime_ns is not None else _now_ns()
-            self._edit_attrs(rec, ed, mode, uid, gid, atime_ns, mtime_ns, ctime)
-            self.store(ino, ed, rec, AttrChange(None if mode is None else stat.S_IFMT(rec.mode) | (mode & 0o7777),
-                                                uid, gid, atime_ns, mtime_ns, ctime))
+            self.store(ino, ed, rec, self._edit_attrs(rec, ed, mode, uid, gid, atime_ns, mtime_ns, ctime_ns))
             if mode is not None:  # (never a symlink's: refused above)
                 self._acl_follows_mode(ino, mode)
         self.maybe_commit()
 
     @staticmethod
     def _edit_attrs(rec: Inode, ed: InodeEditor, mode: int | None, uid: int | None, gid: int | None,
-                    atime_ns: int | None, mtime_ns: int | None, ctime_ns: int | None) -> None:
-        """:meth:`setattr`'s changes but the size, to ``ed``, the record of ``rec`` being edited."""
+                    atime_ns: int | None, mtime_ns: int | None, ctime_ns: int | None) -> AttrChange:
+        """:meth:`setattr`'s changes but the size, to ``ed``, the record of ``rec`` being edited.
+
+        Returns them as made, for :meth:`store`: ``mode`` the whole ``i_mode``, ``ctime_ns`` set.
+        """
         if mode is not None:
-            ed.set("i_mode", stat.S_IFMT(rec.mode) | (mode & 0o7777))
+            mode = stat.S_IFMT(rec.mode) | (mode & 0o7777)
+            ed.set("i_mode", mode)
         if uid is not None:
             ed.set_uid(uid)
         if gid is not None:
@@ -1583,7 +1584,10 @@ class Writer:
             ed.set_times(("a", "m") if mtime_ns == atime_ns else ("a",), atime_ns)
         if mtime_ns is not None and mtime_ns != atime_ns:
             ed.set_times(("m",), mtime_ns)
-        ed.set_times(("c",), ctime_ns if ctime_ns is not None else _now_ns())
+        if ctime_ns is None:
+            ctime_ns = _now_ns()
+        ed.set_times(("c",), ctime_ns)
+        return AttrChange(mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
 
     def _acl_follows_mode(self, ino: int, mode: int) -> None:
         """As the kernel's posix_acl_chmod: a stored access ACL follows a new mode, else its
