@@ -155,22 +155,18 @@ class WriteBehind:
         self.run = None
         data = b"".join(run.chunks)
         self.charge_write(len(data))
-        if then is not None and then.size is None and not then.is_empty():
-            try:
-                done = self._backend.write(FileHandle(run.fh), run.offset, data, then)
-            except OSError:
-                if self._stood(run):
-                    return False  # the caller's setattr meets the changes' error again
-            except Exception:
-                log.exception("internal error in the write-behind of inode %d", run.ino)
-                self._errors.setdefault(run.fh, OSError(errno.EIO, "internal error while writing behind"))
-                return False
-            else:
-                if done != len(data):
-                    self._errors.setdefault(run.fh, OSError(errno.EIO, f"the backend wrote {done} of {len(data)}"))
-                return True
+        made = then is not None and then.size is None and not then.is_empty()
         try:
-            done = self._backend.write(FileHandle(run.fh), run.offset, data)
+            done: int | None = None
+            if made:
+                try:
+                    done = self._backend.write(FileHandle(run.fh), run.offset, data, then)
+                except OSError:
+                    if self._stood(run):
+                        return False  # the caller's setattr meets the changes' error again
+                    made = False
+            if done is None:
+                done = self._backend.write(FileHandle(run.fh), run.offset, data)
             if done != len(data):
                 raise OSError(errno.EIO, f"the backend wrote {done} of {len(data)} bytes")
         except OSError as exc:
@@ -182,7 +178,8 @@ class WriteBehind:
             # a request, from the idle task), where an exception would end the FUSE main loop.
             log.exception("internal error in the write-behind of inode %d", run.ino)
             self._errors.setdefault(run.fh, OSError(errno.EIO, "internal error while writing behind"))
-        return False
+            made = False  # (whether the changes were made is unknown: the caller makes them)
+        return made
 
     def _stood(self, run: _Run) -> bool:
         """Whether the run's bytes are in the file: runs start at its end, and nothing else writes it."""
