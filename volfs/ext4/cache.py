@@ -11,7 +11,9 @@ The write side slots in at the same place: a transaction
 (:mod:`volfs.ext4.transaction`) collects dirty metadata blocks in
 :attr:`BlockCache.dirty` (reads see them first), then commits them (to the
 journal, once it is written, and) in place, after which they join the LRU
-as clean blocks.  File data never passes through ``dirty``: it is written
+as clean blocks.  Records the transaction has *deferred* (small changes not yet
+patched into their block, :attr:`BlockCache.deferred`) are patched in by the
+transaction before a read of their block returns.  File data never passes through ``dirty``: it is written
 straight to the device in whole runs, and :meth:`forget_range` drops any
 stale cached copy of the blocks it overwrites.
 
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from volfs.errors import CorruptError
 from volfs.ext4.device import BlockDevice
@@ -108,7 +110,8 @@ class _DirtyMap(dict[int, bytes]):
 
 class BlockCache:
     __slots__ = ("device", "block_size", "blocks_count", "capacity", "reads", "run_reads",
-                 "_lru", "_overlay", "_overlay_keys", "dirty", "epoch", "floor", "_changed")
+                 "_lru", "_overlay", "_overlay_keys", "dirty", "epoch", "floor", "_changed", "deferred",
+                 "materialise")
 
     def __init__(self, device: BlockDevice, block_size: int, blocks_count: int, capacity: int = 2048) -> None:
         self.device = device
@@ -124,6 +127,10 @@ class BlockCache:
         self.floor = 0
         self._changed: dict[int, int] = {}
         self.dirty: dict[int, bytes] = _DirtyMap(self)
+        # The transaction's records not yet patched into their blocks (empty without one), and how
+        # it patches them in: a read of such a block does that first.
+        self.deferred: dict[int, dict[int, tuple[int, bytes]]] = {}
+        self.materialise: Callable[[int], bytes] | None = None
 
     def set_overlay(self, blocks: dict[int, bytes]) -> None:
         """Install blocks that supersede the device (journal replay)."""
@@ -178,6 +185,8 @@ class BlockCache:
 
     def read(self, block: int, structure: str = "block", inode: int | None = None) -> bytes:
         """One metadata block, from the transaction, the overlay, the LRU or the device."""
+        if self.deferred and block in self.deferred:
+            return self.materialise(block)  # type: ignore[misc]
         d = self.dirty.get(block)
         if d is not None:
             return d

@@ -50,9 +50,11 @@ seed): :meth:`reload_superblock` drops everything when those change.
 The write side hands over what it has just decoded instead of making the
 read side decode (and verify) its own output again: the allocator its new
 group descriptors, :meth:`Writer.store` each inode record it writes
-(:meth:`install_inode`).  Such an entry is stamped with the epoch and the
-bytes object served right after the write, so from then on it is checked
-like any other.  One memo is stricter: the last name an htree lookup did not
+(:meth:`install_deferred_inode`, or :meth:`install_inode` when it was put at
+once).  Such an entry is stamped with the epoch (and, put at once, the bytes
+object served right after the write), so from then on it is checked like any
+other: a deferred record's block does not change until the record is
+patched in, after which the entry is compared with the bytes.  One memo is stricter: the last name an htree lookup did not
 find is trusted only at the very epoch of that lookup (a FUSE negative
 LOOKUP is followed by CREATE, whose existence check asks the same question).
 """
@@ -191,7 +193,7 @@ class _InodeSlot:
 
     __slots__ = ("epoch", "block", "data", "offset", "rec")
 
-    def __init__(self, epoch: int, block: int, data: bytes, offset: int, rec: Inode) -> None:
+    def __init__(self, epoch: int, block: int, data: bytes | None, offset: int, rec: Inode) -> None:
         self.epoch = epoch
         self.block = block
         self.data = data
@@ -552,6 +554,19 @@ class Filesystem:
                               huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
                               csum_seed=None, block=block)
         self._inodes.put(ino, _InodeSlot(cache.epoch, block, data, offset, rec))
+
+    def install_deferred_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes,
+                               rec: Inode | None = None) -> None:
+        """Serve ``raw`` as ``ino``'s record, which the write side will patch in at (``block``, ``offset``)
+        later (:meth:`Transaction.defer`): until the block changes, the record is served as installed;
+        after, it is checked against the block's bytes like any other entry."""
+        sb = self.sb
+        self._attrs.pop(ino)
+        if rec is None:
+            rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
+                              huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
+                              csum_seed=None, block=block)
+        self._inodes.put(ino, _InodeSlot(self.cache.epoch, block, None, offset, rec))
 
     def install_desc(self, group: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:
         """Cache ``desc`` as the decode of descriptor ``raw``, just put in ``block`` as part of ``data``.

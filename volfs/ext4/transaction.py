@@ -8,13 +8,28 @@ different: it moves straight to the device in one ``pwrite`` per contiguous
 run (:meth:`Transaction.write_data`), always into blocks that the on-disk
 metadata does not yet point at, or that already belong to the file.
 
+Inode records are rewritten several times per file between commits (its
+creation, its data, each attribute change, its directory's times), so they
+are *deferred* instead (:meth:`Transaction.defer`): kept as bytes per place
+and patched into their block only at the commit, or as soon as anything
+reads that block through the cache (:meth:`BlockCache.read` has the
+transaction materialise it first). Readers cannot tell a deferred record
+from a put one; the gain is one block copy per commit instead of per change.
+(Deferring does not move the cache's epoch: only the record's own decoded
+entry depends on those bytes, and the store replaces it. On a hostile image
+that keeps other metadata inside an inode table, a structure decoded from
+such a block sees the record once it is patched in, at the latest at the
+commit; every decode is still checked, so that is stale garbage at worst.)
+
 Operations are atomic in memory: :meth:`begin` opens an undo log that
-records the previous dirty contents of every block the operation touches;
+records the previous dirty contents of every block the operation touches
+(and the previous deferred record of every place it defers to);
 :meth:`abort` puts them back (an ENOSPC in the middle of an operation leaves
 nothing half done), :meth:`end` drops the log.
 
 :meth:`commit` makes the transaction durable, in this order:
 
+0. the deferred records are patched into their blocks (puts);
 1. *data*: fsync, so file data is on disk before any metadata that points at it
    (ordered mode);
 2. *collect*: the dirty blocks, sorted; **the jbd2 journal slots in here**:
@@ -40,7 +55,8 @@ __all__ = ["Transaction"]
 
 
 class Transaction:
-    __slots__ = ("cache", "device", "_undo", "_undo_freed", "freed", "data_dirty", "commits", "blocks_written")
+    __slots__ = ("cache", "device", "_undo", "_undo_freed", "freed", "data_dirty", "commits", "blocks_written",
+                 "deferred", "_undo_deferred")
 
     def __init__(self, cache: BlockCache, device: WritableBlockDevice) -> None:
         self.cache = cache
@@ -52,19 +68,43 @@ class Transaction:
         self.data_dirty = False
         self.commits = 0
         self.blocks_written = 0
+        # Records not yet patched into their blocks (block -> {offset: (owner, bytes)}): see defer().
+        self.deferred: dict[int, dict[int, tuple[int, bytes]]] = {}
+        self._undo_deferred: list[tuple[int, int, tuple[int, bytes] | None]] | None = None
+        cache.deferred = self.deferred
+        cache.materialise = self.materialise
 
     # -- operations --------------------------------------------------------
 
     def begin(self) -> None:
         self._undo = {}
         self._undo_freed = len(self.freed)
+        self._undo_deferred = []
 
     def end(self) -> None:
         self._undo = None
+        self._undo_deferred = None
 
     def abort(self) -> None:
         undo = self._undo
         self._undo = None
+        log = self._undo_deferred
+        self._undo_deferred = None
+        if log:
+            deferred = self.deferred
+            changed = self.cache.changed
+            for block, offset, prev in reversed(log):
+                # What a read of the block returns changes back: whoever was handed the record
+                # (the read side's inode cache) must look at the block again.
+                changed(block)
+                if prev is None:
+                    pend = deferred.get(block)
+                    if pend is not None:
+                        pend.pop(offset, None)
+                        if not pend:
+                            del deferred[block]
+                else:
+                    deferred.setdefault(block, {})[offset] = prev
         if undo is None:
             return
         dirty = self.cache.dirty
@@ -77,8 +117,8 @@ class Transaction:
 
     @property
     def pending(self) -> int:
-        """Dirty metadata blocks waiting for the commit."""
-        return len(self.cache.dirty)
+        """Dirty metadata blocks waiting for the commit (counting those with deferred records)."""
+        return len(self.cache.dirty) + len(self.deferred)
 
     # -- blocks ------------------------------------------------------------
 
@@ -89,11 +129,53 @@ class Transaction:
         """The new contents of metadata block ``block`` (a whole block)."""
         if len(data) != self.cache.block_size:
             raise ValueError(f"block {block}: {len(data)} bytes is not one block")
+        if self.deferred and block in self.deferred:
+            self._drop_deferred(block)  # the whole block, written after them, supersedes them
         dirty = self.cache.dirty
         undo = self._undo
         if undo is not None and block not in undo:
             undo[block] = dirty.get(block)
         dirty[block] = bytes(data)
+
+    def defer(self, block: int, offset: int, data: bytes, owner: int) -> bool:
+        """Put ``data`` at ``offset`` of metadata block ``block`` later: at the commit, or as soon as
+        anything reads the block (:meth:`BlockCache.read` asks :meth:`materialise`), whichever is first.
+
+        For small records rewritten many times between commits (inode records, ``owner`` their
+        number): each change costs a dict entry instead of a copy of the whole block. Undone with
+        the operation like a put. False, and nothing done, if a record of another owner is waiting
+        at the same place (a hostile image whose inode tables overlap): then the caller puts it now,
+        so that what its readers were given is checked against the block's bytes again.
+        """
+        pend = self.deferred.get(block)
+        if pend is None:
+            pend = self.deferred[block] = {}
+            prev = None
+        else:
+            prev = pend.get(offset)
+            if prev is not None and prev[0] != owner:
+                return False
+        log = self._undo_deferred
+        if log is not None:
+            log.append((block, offset, prev))
+        pend[offset] = (owner, data)
+        return True
+
+    def _drop_deferred(self, block: int) -> dict[int, tuple[int, bytes]]:
+        pend = self.deferred.pop(block)
+        log = self._undo_deferred
+        if log is not None:
+            log.extend((block, off, data) for off, data in pend.items())
+        return pend
+
+    def materialise(self, block: int) -> bytes:
+        """Patch ``block``'s deferred records into it (a put); returns its new contents."""
+        pend = self._drop_deferred(block)
+        buf = bytearray(self.cache.read(block))
+        for off, (_owner, data) in pend.items():
+            buf[off : off + len(data)] = data
+        self.put(block, buf)
+        return self.cache.dirty[block]
 
     def patch(self, block: int, offset: int, data: bytes, structure: str = "block",
               inode: int | None = None) -> bytes:
@@ -127,6 +209,8 @@ class Transaction:
         """Write the transaction (see the module header); returns blocks written."""
         if self._undo is not None:
             raise RuntimeError("commit inside an operation")
+        for block in list(self.deferred):
+            self.materialise(block)
         if self.data_dirty:
             self.device.sync()
             self.data_dirty = False

@@ -385,12 +385,17 @@ class Writer:
         raw = ed.finish(self._csum_seed(), ino)
         if len(raw) != fs.sb.inode_size:
             raise ValueError(f"inode {ino}: a record of {len(raw)} bytes is not s_inode_size")
+        rec = with_attrs(old, raw, *change) if old is not None and change is not None else None
+        # The read side takes the record as written instead of decoding (and verifying) it again on
+        # the next inode(). The bytes wait in the transaction until the commit (or a read of the
+        # block): setattr, write and create rewrite the same record a few times per file.
+        if place is not None and self.txn.defer(blk, off, raw, ino):
+            fs.install_deferred_inode(ino, blk, off, raw, rec)
+            return
         self.txn.patch(blk, off, raw, "inode table", ino)
-        # The read side takes the record as written instead of decoding (and verifying) it again
-        # on the next inode(); its other decoded caches revalidate against the new bytes by themselves.
+        # Its other decoded caches revalidate against the new bytes by themselves.
         # (The place still holds: putting an inode-table block changes no descriptor.)
-        fs.install_inode(ino, blk, off, raw, place,
-                         with_attrs(old, raw, *change) if old is not None and change is not None else None)
+        fs.install_inode(ino, blk, off, raw, place, rec)
 
     def _writable_inode(self, rec: Inode) -> None:
         if rec.flags & (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL):
