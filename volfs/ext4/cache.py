@@ -11,11 +11,12 @@ The write side slots in at the same place: a transaction
 (:mod:`volfs.ext4.transaction`) collects dirty metadata blocks in
 :attr:`BlockCache.dirty` (reads see them first), then commits them (to the
 journal, once it is written, and) in place, after which they join the LRU
-as clean blocks.  Records the transaction has *deferred* (small changes not yet
-patched into their block, :attr:`BlockCache.deferred`) are patched in by the
-transaction before a read of their block returns.  File data never passes through ``dirty``: it is written
-straight to the device in whole runs, and :meth:`forget_range` drops any
-stale cached copy of the blocks it overwrites.
+as clean blocks.  Records the transaction has *deferred* (small changes not
+yet patched into their block, :attr:`BlockCache.deferred`) are patched in by
+the transaction before a read of their block returns.  File data never
+passes through ``dirty``: it is written straight to the device in whole
+runs, and :meth:`forget_range` drops any stale cached copy of the blocks it
+overwrites.
 
 ``reads`` counts device reads of metadata blocks (tests use it to prove
 that an htree lookup touches O(log n) blocks); ``run_reads`` counts data

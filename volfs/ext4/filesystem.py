@@ -54,9 +54,10 @@ group descriptors, :meth:`Writer.store` each inode record it writes
 once).  Such an entry is stamped with the epoch (and, put at once, the bytes
 object served right after the write), so from then on it is checked like any
 other: a deferred record's block does not change until the record is
-patched in, after which the entry is compared with the bytes.  One memo is stricter: the last name an htree lookup did not
-find is trusted only at the very epoch of that lookup (a FUSE negative
-LOOKUP is followed by CREATE, whose existence check asks the same question).
+patched in, after which the entry is compared with the bytes.  One memo is
+stricter: the last name an htree lookup did not find is trusted only at the
+very epoch of that lookup (a FUSE negative LOOKUP is followed by CREATE,
+whose existence check asks the same question).
 """
 
 from __future__ import annotations
@@ -549,24 +550,24 @@ class Filesystem:
         if len(raw) != size or data[offset : offset + size] != raw or (block, offset) != place:
             self._inodes.pop(ino)
             return
-        if rec is None:
-            rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
-                              huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
-                              csum_seed=None, block=block)
-        self._inodes.put(ino, _InodeSlot(cache.epoch, block, data, offset, rec))
+        self._inodes.put(ino, _InodeSlot(cache.epoch, block, data, offset,
+                                         rec if rec is not None else self._decode_written(ino, raw, block)))
 
     def install_deferred_inode(self, ino: InodeNo | int, block: int, offset: int, raw: bytes,
                                rec: Inode | None = None) -> None:
         """Serve ``raw`` as ``ino``'s record, which the write side will patch in at (``block``, ``offset``)
         later (:meth:`Transaction.defer`): until the block changes, the record is served as installed;
         after, it is checked against the block's bytes like any other entry."""
-        sb = self.sb
         self._attrs.pop(ino)
-        if rec is None:
-            rec = parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
-                              huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
-                              csum_seed=None, block=block)
-        self._inodes.put(ino, _InodeSlot(self.cache.epoch, block, None, offset, rec))
+        self._inodes.put(ino, _InodeSlot(self.cache.epoch, block, None, offset,
+                                         rec if rec is not None else self._decode_written(ino, raw, block)))
+
+    def _decode_written(self, ino: InodeNo | int, raw: bytes, block: int) -> Inode:
+        """The decode of a record the write side just computed (checksum included, so not verified)."""
+        sb = self.sb
+        return parse_inode(ino, raw, large_dir=sb.has_incompat(INCOMPAT_LARGEDIR),
+                           huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
+                           csum_seed=None, block=block)
 
     def install_desc(self, group: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:
         """Cache ``desc`` as the decode of descriptor ``raw``, just put in ``block`` as part of ``data``.
