@@ -13,6 +13,8 @@ Every image written ends e2fsck-clean.
 
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import random
 import stat
@@ -28,7 +30,7 @@ from volfs.backend import NOW, Ino, OpenFlags, SetAttr
 from volfs.backends.ext4 import Ext4Backend
 from volfs.errors import CorruptError, VolfsError
 from volfs.ext4 import Filesystem
-from volfs.ext4.group import descriptor_block, parse_group_desc, update_group_desc, updated_desc
+from volfs.ext4.group import PendingDesc, descriptor_block, parse_group_desc, update_group_desc, updated_desc
 from volfs.ext4.checksum import inode_seed
 from volfs.ext4.inode import (
     EXT4_HUGE_FILE_FL,
@@ -139,8 +141,11 @@ _DESC_SHAPES = {"default": ("default", ()), "nocsum": ("nocsum", ()), "b1024": (
 
 @pytest.mark.parametrize("shape", sorted(_DESC_SHAPES))
 def test_updated_descriptor_is_the_decode_of_the_update(shape: str, make_image: Callable[..., Path]) -> None:
-    """updated_desc (the allocator's new descriptor, derived from the old one) equals parse_group_desc of
-    the bytes update_group_desc wrote, for random values (wider than the fields too) on every group."""
+    """The allocator's deferred descriptor: PendingDesc of updated_desc (the new descriptor, derived from
+    the old one) encodes to the very bytes update_group_desc writes for the same values, and updated_desc
+    is parse_group_desc of those bytes but for bg_checksum (computed only when encoded), for random
+    values (wider than the fields too) on every group; a value a 32-byte descriptor cannot hold is a
+    ValueError from both."""
     variant, opts = _DESC_SHAPES[shape]
     image = make_image(variant, opts=opts)
     rnd = random.Random(53)
@@ -161,13 +166,24 @@ def test_updated_descriptor_is_the_decode_of_the_update(shape: str, make_image: 
                     top = 1 << (32 if (wide or key.endswith("_csum")) and key != "flags" else 16)
                     values[key] = rnd.choice([0, 1, top - 1, rnd.randrange(top), rnd.randrange(1 << 16)])
                 new = update_group_desc(sb, fs.fs_seed, g, raw, dict(values))
-                assert updated_desc(sb, old, values, new) == parse_group_desc(sb, fs.fs_seed, g, new, verify=False)
+                desc = updated_desc(sb, old, values)
+                assert PendingDesc(sb, fs.fs_seed, desc).encode(raw) == new
+                fresh = parse_group_desc(sb, fs.fs_seed, g, new, verify=False)
+                assert desc == dataclasses.replace(fresh, checksum=old.checksum)
+        if not wide:
+            raw = fs.cache.read(descriptor_block(sb, 0))[: sb.desc_size]
+            old = parse_group_desc(sb, fs.fs_seed, 0, raw, verify=False)
+            with pytest.raises(ValueError):
+                update_group_desc(sb, fs.fs_seed, 0, raw, {"free_inodes": 1 << 16})
+            with pytest.raises(ValueError):
+                updated_desc(sb, old, {"free_inodes": 1 << 16})
 
 
 @pytest.mark.parametrize("shape", ["default", "no64bit", "no64bit-nocsum", "b1024"])
 def test_installed_descriptors_are_the_decode_of_their_bytes(shape: str, make_image: Callable[..., Path]) -> None:
     """After allocations and frees of blocks and inodes (files, directories, removals), every descriptor the
-    read side holds is what a fresh decode of the descriptor bytes gives, and they verify."""
+    read side holds (its record still deferred) is what a fresh decode of the descriptor bytes gives once
+    a read patched them in, but for bg_checksum, computed only then; and they verify."""
     variant, opts = _DESC_SHAPES[shape]
     image = make_image(variant, opts=opts)
     b = Ext4Backend(image, readonly=False)
@@ -188,10 +204,14 @@ def test_installed_descriptors_are_the_decode_of_their_bytes(shape: str, make_im
         sb = fs.sb
         per_block = sb.block_size // sb.desc_size
         for g, slot in list(fs._descs.items()):
+            # Served before its record is patched in (deferred), and after (the read patches it in).
+            served = fs.group_desc(g)
             blk = descriptor_block(sb, g // per_block)
             off = (g % per_block) * sb.desc_size
             raw = fs.cache.read(blk)[off : off + sb.desc_size]
-            assert fs.group_desc(g) == parse_group_desc(sb, fs.fs_seed, g, raw, verify=True)
+            fresh = parse_group_desc(sb, fs.fs_seed, g, raw, verify=True)
+            assert dataclasses.replace(served, checksum=fresh.checksum) == fresh
+            assert fs.group_desc(g) == fresh
         if i % 97 == 0:
             b.sync()
     b.close()

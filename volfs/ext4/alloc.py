@@ -62,11 +62,11 @@ from volfs.ext4.group import (
     BG_INODE_UNINIT,
     BG_INODE_ZEROED,
     GroupDesc,
+    PendingDesc,
     descriptor_block,
     group_blocks,
     group_first_block,
     group_has_super,
-    update_group_desc,
     updated_desc,
 )
 from volfs.ext4.types import InodeNo
@@ -93,16 +93,19 @@ class Allocator:
         size = sb.desc_size
         per_block = sb.block_size // size
         # The checked decode of the record as it is now (every caller has read it in this operation).
-        before = fs.group_desc(group)
+        desc = updated_desc(sb, fs.group_desc(group), values)
         blk = descriptor_block(sb, group // per_block)
-        txn = fs.txn_required()
-        data = txn.read(blk, "group descriptor")
         off = (group % per_block) * size
-        raw = update_group_desc(sb, fs.fs_seed, group, data[off : off + size], values)
-        block = txn.patch(blk, off, raw, "group descriptor")
-        # Hand the read side the new descriptor, derived from the old one and the values written,
-        # instead of making it decode (and verify) the bytes just written (Filesystem.install_desc).
-        fs.install_desc(group, blk, block, raw, updated_desc(sb, before, values, raw))
+        txn = fs.txn_required()
+        # The record is encoded (checksum included) only when it is patched in, at the commit or a
+        # read of its block; until then the read side serves the decoded form (install_deferred_desc).
+        if txn.defer(blk, off, PendingDesc(sb, fs.fs_seed, desc), -1 - group):
+            fs.install_deferred_desc(group, blk, desc)
+            return
+        # Something else waits at that very place (a hostile image whose tables overlap): now.
+        data = txn.read(blk, "group descriptor")
+        raw = PendingDesc(sb, fs.fs_seed, desc).encode(data[off : off + size])
+        txn.patch(blk, off, raw, "group descriptor")
 
     def free_blocks_total(self) -> int:
         return sum(self.fs.group_desc(g).free_blocks for g in range(self.fs.sb.group_count))

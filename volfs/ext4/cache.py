@@ -49,9 +49,13 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from volfs.errors import CorruptError
 from volfs.ext4.device import BlockDevice
+
+if TYPE_CHECKING:
+    from volfs.ext4.transaction import Pending
 
 __all__ = ["BlockCache"]
 
@@ -130,7 +134,7 @@ class BlockCache:
         self.dirty: dict[int, bytes] = _DirtyMap(self)
         # The transaction's records not yet patched into their blocks (empty without one), and how
         # it patches them in: a read of such a block does that first.
-        self.deferred: dict[int, dict[int, tuple[int, bytes]]] = {}
+        self.deferred: dict[int, dict[int, Pending]] = {}
         self.materialise: Callable[[int], bytes] | None = None
 
     def set_overlay(self, blocks: dict[int, bytes]) -> None:

@@ -203,11 +203,12 @@ class _InodeSlot:
 
 
 class _DescSlot:
-    """A parsed group descriptor, its raw bytes and where they were read."""
+    """A parsed group descriptor, its raw bytes and where they were read (``data`` and ``raw`` None:
+    installed by the write side, its record not yet patched into ``block``)."""
 
     __slots__ = ("epoch", "block", "data", "raw", "desc")
 
-    def __init__(self, epoch: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:
+    def __init__(self, epoch: int, block: int, data: bytes | None, raw: bytes | None, desc: GroupDesc) -> None:
         self.epoch = epoch
         self.block = block
         self.data = data
@@ -569,19 +570,11 @@ class Filesystem:
                            huge_file=sb.has_ro_compat(RO_COMPAT_HUGE_FILE), block_size=sb.block_size,
                            csum_seed=None, block=block)
 
-    def install_desc(self, group: int, block: int, data: bytes, raw: bytes, desc: GroupDesc) -> None:
-        """Cache ``desc`` as the decode of descriptor ``raw``, just put in ``block`` as part of ``data``.
-
-        The write side (the allocator) decoded what it wrote; the slot is
-        stamped with the current epoch and ``data``, the object the cache now
-        serves for ``block``, so from here on it is revalidated like any other
-        entry (see "Decoded caches").  Nothing is cached when the cache does
-        not serve ``data`` there.
-        """
-        if self.cache.read(block, "group descriptor") is not data:
-            self._descs.pop(group, None)
-            return
-        self._descs[group] = _DescSlot(self.cache.epoch, block, data, raw, desc)
+    def install_deferred_desc(self, group: int, block: int, desc: GroupDesc) -> None:
+        """Serve ``desc`` as ``group``'s descriptor, whose record the write side will patch into ``block``
+        later (:class:`~volfs.ext4.group.PendingDesc`): until the block changes, it is served as
+        installed; after, it is decoded from the block's bytes again."""
+        self._descs[group] = _DescSlot(self.cache.epoch, block, None, None, desc)
 
     def inode_place(self, ino: InodeNo | int) -> tuple[int, int] | None:
         """(inode-table block, offset) of ``ino`` when :meth:`inode` would read it there, else None.

@@ -27,7 +27,8 @@ from volfs.ext4.types import BlockNo, GroupNo
 
 __all__ = ["GROUP_DESC32", "GROUP_DESC64", "GroupDesc", "parse_group_desc", "descriptor_block",
            "group_has_super", "BG_INODE_UNINIT", "BG_BLOCK_UNINIT", "BG_INODE_ZEROED",
-           "group_desc_checksum", "group_first_block", "update_group_desc", "updated_desc", "group_blocks"]
+           "group_desc_checksum", "group_first_block", "update_group_desc", "updated_desc", "group_blocks",
+           "PendingDesc"]
 
 BG_INODE_UNINIT: Final = 0x1
 BG_BLOCK_UNINIT: Final = 0x2
@@ -211,17 +212,23 @@ def update_group_desc(sb: Superblock, fs_seed: int, group: int, raw: bytes, valu
     return bytes(buf)
 
 
-def updated_desc(sb: Superblock, old: GroupDesc, values: dict[str, int], raw: bytes) -> GroupDesc:
-    """What :func:`parse_group_desc` gives for ``raw``, the result of :func:`update_group_desc` with
-    ``values`` over the record that ``old`` is the decode of, without decoding ``raw`` again.
+def updated_desc(sb: Superblock, old: GroupDesc, values: dict[str, int]) -> GroupDesc:
+    """``old`` with ``values`` set (keys as :func:`update_group_desc`'s), each as the record stores
+    it (16 bits in a 32-byte descriptor, 32 in a 64-byte one; ``bg_flags`` 16), so that it is what
+    :func:`parse_group_desc` will give once the record is encoded (:class:`PendingDesc`).
 
-    The allocator updates a descriptor on every allocation; only the fields
-    ``values`` names change, each as the record stores it (16 bits in a
-    32-byte descriptor, 32 in a 64-byte one; ``bg_flags`` 16), and the new
-    ``bg_checksum`` is read back from ``raw``.  ``old`` must be the decode of
-    the record before the update (the caller's checked descriptor).
+    The allocator changes a descriptor on every allocation and keeps the
+    decoded form; ``checksum`` stays the one of the record as last encoded
+    (the new one is computed when the record is patched in). ValueError, as
+    :func:`update_group_desc` would give, for a value a 32-byte descriptor
+    cannot hold.
     """
-    mask = 0xFFFFFFFF if sb.desc_size >= 64 else 0xFFFF
+    wide = sb.desc_size >= 64
+    mask = 0xFFFFFFFF if wide else 0xFFFF
+    if not wide:
+        for key, value in values.items():
+            if value >> 16 and key != "flags" and not key.endswith("_csum"):
+                raise ValueError(f"{key} {value} does not fit a 32-byte descriptor")
     get = values.get
     fb, fi, ud, fl, iu, bbc, ibc = (get("free_blocks"), get("free_inodes"), get("used_dirs"), get("flags"),
                                     get("itable_unused"), get("block_bitmap_csum"), get("inode_bitmap_csum"))
@@ -233,7 +240,34 @@ def updated_desc(sb: Superblock, old: GroupDesc, values: dict[str, int], raw: by
                       old.itable_unused if iu is None else iu & mask,
                       old.block_bitmap_csum if bbc is None else bbc & mask,
                       old.inode_bitmap_csum if ibc is None else ibc & mask,
-                      _U16.unpack_from(raw, _CSUM_OFF)[0])
+                      old.checksum)
+
+
+class PendingDesc:
+    """The record of ``desc``, made when it is patched into its block (a transaction's
+    :class:`~volfs.ext4.transaction.LazyRecord`).
+
+    Every field the allocator changes (the counters, ``bg_flags``, the bitmap
+    checksums) is written over the record it replaces, and ``bg_checksum`` is
+    recomputed: the bytes the same changes made one by one with
+    :func:`update_group_desc` would give, at the cost of one encoding per
+    commit instead of one per allocation.
+    """
+
+    __slots__ = ("sb", "fs_seed", "desc", "size")
+
+    def __init__(self, sb: Superblock, fs_seed: int, desc: GroupDesc) -> None:
+        self.sb = sb
+        self.fs_seed = fs_seed
+        self.desc = desc
+        self.size = sb.desc_size
+
+    def encode(self, old: bytes) -> bytes:
+        d = self.desc
+        return update_group_desc(self.sb, self.fs_seed, d.group, old, {
+            "free_blocks": d.free_blocks, "free_inodes": d.free_inodes, "used_dirs": d.used_dirs,
+            "flags": d.flags, "itable_unused": d.itable_unused, "block_bitmap_csum": d.block_bitmap_csum,
+            "inode_bitmap_csum": d.inode_bitmap_csum})
 
 
 # crc(fs seed, le32 group) by (fs seed, group): a pure function of its key, so never stale; bounded.

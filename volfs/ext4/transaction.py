@@ -15,6 +15,8 @@ and patched into their block only at the commit, or as soon as anything
 reads that block through the cache (:meth:`BlockCache.read` has the
 transaction materialise it first). Readers cannot tell a deferred record
 from a put one; the gain is one block copy per commit instead of per change.
+Group descriptors change on every allocation; theirs wait as a
+:class:`LazyRecord`, whose bytes (and checksum) are made only when patched in.
 (Deferring does not move the cache's epoch: only the record's own decoded
 entry depends on those bytes, and the store replaces it. On a hostile image
 that keeps other metadata inside an inode table, a structure decoded from
@@ -48,10 +50,30 @@ block that on-disk metadata still points at.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from volfs.ext4.cache import BlockCache
 from volfs.ext4.device import WritableBlockDevice
 
-__all__ = ["Transaction"]
+__all__ = ["LazyRecord", "Transaction"]
+
+
+class LazyRecord(Protocol):
+    """A deferred record whose bytes are worked out only when it is patched in.
+
+    For records whose encoding costs more than keeping their decoded form (a
+    group descriptor changes on every allocation, and its bytes carry a
+    checksum): :meth:`encode` gets the ``size`` bytes it replaces.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def encode(self, old: bytes) -> bytes: ...
+
+
+Pending = tuple[int, bytes | LazyRecord]
+"""A deferred record: (owner, its bytes or a :class:`LazyRecord`)."""
 
 
 class Transaction:
@@ -68,9 +90,9 @@ class Transaction:
         self.data_dirty = False
         self.commits = 0
         self.blocks_written = 0
-        # Records not yet patched into their blocks (block -> {offset: (owner, bytes)}): see defer().
-        self.deferred: dict[int, dict[int, tuple[int, bytes]]] = {}
-        self._undo_deferred: list[tuple[int, int, tuple[int, bytes] | None]] | None = None
+        # Records not yet patched into their blocks (block -> {offset: (owner, record)}): see defer().
+        self.deferred: dict[int, dict[int, Pending]] = {}
+        self._undo_deferred: list[tuple[int, int, Pending | None]] | None = None
         cache.deferred = self.deferred
         cache.materialise = self.materialise
 
@@ -137,12 +159,13 @@ class Transaction:
             undo[block] = dirty.get(block)
         dirty[block] = bytes(data)
 
-    def defer(self, block: int, offset: int, data: bytes, owner: int) -> bool:
+    def defer(self, block: int, offset: int, data: bytes | LazyRecord, owner: int) -> bool:
         """Put ``data`` at ``offset`` of metadata block ``block`` later: at the commit, or as soon as
         anything reads the block (:meth:`BlockCache.read` asks :meth:`materialise`), whichever is first.
 
         For small records rewritten many times between commits (inode records, ``owner`` their
-        number): each change costs a dict entry instead of a copy of the whole block. Undone with
+        number; group descriptors, as a :class:`LazyRecord`, ``owner`` minus one minus their
+        group): each change costs a dict entry instead of a copy of the whole block. Undone with
         the operation like a put. False, and nothing done, if a record of another owner is waiting
         at the same place (a hostile image whose inode tables overlap): then the caller puts it now,
         so that what its readers were given is checked against the block's bytes again.
@@ -161,7 +184,7 @@ class Transaction:
         pend[offset] = (owner, data)
         return True
 
-    def _drop_deferred(self, block: int) -> dict[int, tuple[int, bytes]]:
+    def _drop_deferred(self, block: int) -> dict[int, Pending]:
         pend = self.deferred.pop(block)
         log = self._undo_deferred
         if log is not None:
@@ -173,6 +196,8 @@ class Transaction:
         pend = self._drop_deferred(block)
         buf = bytearray(self.cache.read(block))
         for off, (_owner, data) in pend.items():
+            if not isinstance(data, bytes):
+                data = data.encode(bytes(buf[off : off + data.size]))
             buf[off : off + len(data)] = data
         self.put(block, buf)
         return self.cache.dirty[block]
