@@ -180,7 +180,7 @@ def _serve(args: dict[str, Any], ready_fd: int | None) -> int:
     finally:
         try:
             try:
-                ops.drain()  # a failure is logged: no handle is left to report it to
+                ops.drain(closed=True)  # a failure is logged: no handle is left to report it to
             finally:
                 backend.close()
         finally:

@@ -27,7 +27,9 @@ opens bypass it (``_file_info``), which makes dropping privileges on a write
 the daemon's job (``_kill_privs``); on a disk volume their appends are
 collected by the write-behind (writebehind.py), which every other request
 drains first (``_op``); a SETATTR of the file being written goes to the
-backend together with its pending bytes (``setattr``).
+backend together with its pending bytes (``setattr``). There, too, an
+owner-only SETATTR is answered at once and made with the next SETATTR of
+the same file (tar's chown, then chmod), or before any other request.
 
 Handlers are plain functions: none of them waits for anything, and ``_op``
 wraps each in the coroutine function pyfuse3 calls.
@@ -47,7 +49,7 @@ import pyfuse3
 
 from volfs.backend import NAME_MAX, Attr, Backend, FileHandle, Ino, OpenFlags, RenameFlags, SetAttr
 from volfs_fuse.idmap import IdMap
-from volfs_fuse.writebehind import WriteBehind
+from volfs_fuse.writebehind import WriteBehind, owner_only
 
 __all__ = ["VolfsOperations"]
 
@@ -87,7 +89,7 @@ def _op(fn: Callable[..., T]) -> Callable[..., Coroutine[Any, Any, T]]:
     async def wrapper(*args: Any) -> Any:
         behind = args[0]._behind
         if drains and behind is not None:
-            if behind.run is not None:
+            if behind.run is not None or behind.owner is not None:
                 behind.drain()
             behind.charge()
         try:
@@ -125,7 +127,8 @@ class VolfsOperations(pyfuse3.Operations):
         self._next_dir_handle = 1
         self._direct: dict[int, _Writer] = {}  # write-only (direct) handles
         # Write-behind only where nothing but this daemon can look at the storage.
-        self._behind = WriteBehind(backend) if exclusive and not backend.readonly else None
+        self._behind = WriteBehind(backend, self._forget_attrs) if exclusive and not backend.readonly else None
+        self._session = True  # False once the FUSE session is closed: nothing left to notify
 
     # -- inode numbers and attributes ---------------------------------------
 
@@ -207,18 +210,33 @@ class VolfsOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         ino = self._b(inode)
+        handle = FileHandle(fh) if fh is not None else None
         behind = self._behind
         if behind is not None:
+            owner = behind.owner
+            if owner is not None and owner.ino == ino and changes.size is None:
+                # tar's chmod right after its chown: one backend call for both (writebehind.py).
+                behind.charge()
+                return self._entry(behind.setattr_with_owner(ino, changes, handle))
             run = behind.run
             # The changes to a file whose appended bytes are pending (tar's utimensat after its
             # writes) go to the backend with them, in one write (see WriteBehind.drain).
-            made = run is not None and behind.drain(then=changes if run.ino == ino else None)
+            made = (run is not None or owner is not None) and \
+                behind.drain(then=changes if run is not None and run.ino == ino else None)
             behind.charge()
             if made:
                 return self._entry(self._backend.getattr(ino))
+            if owner_only(changes):
+                before, ctime_ns = behind.defer_owner(ino, changes)
+                e = self._entry(before)
+                if changes.uid is not None:
+                    e.st_uid = self._ids.host_uid(changes.uid)
+                if changes.gid is not None:
+                    e.st_gid = self._ids.host_gid(changes.gid)
+                e.st_ctime_ns = ctime_ns
+                return e
         if changes.is_empty():
             return self._entry(self._backend.getattr(ino))
-        handle = FileHandle(fh) if fh is not None else None
         return self._entry(self._backend.setattr(ino, changes, handle))
 
     @_op
@@ -480,10 +498,19 @@ class VolfsOperations(pyfuse3.Operations):
             self._behind.forget(fh)
         self._backend.release(FileHandle(fh))
 
-    def drain(self) -> None:
-        """Write out a pending write-behind run now (the daemon calls this when idle and before closing)."""
+    def drain(self, *, closed: bool = False) -> None:
+        """Write out a pending write-behind run or owner change now (the daemon calls this when idle,
+        and with ``closed`` once the FUSE session is closed)."""
+        if closed:
+            self._session = False
         if self._behind is not None:
             self._behind.drain()
+
+    def _forget_attrs(self, ino: Ino) -> None:
+        """Make the kernel ask again for the attributes of ``ino`` (attributes only, so this cannot
+        wait on writeback); nothing to do once the session is closed."""
+        if self._session:
+            pyfuse3.invalidate_inode(self._f(ino), attr_only=True)
 
     # -- extended attributes ------------------------------------------------
 

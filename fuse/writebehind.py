@@ -29,6 +29,22 @@ goes to the backend with the run, as one write with attribute changes
 that combined write fails, the run is written alone and the SETATTR made
 apart, so each failure is reported where it would have been without it.
 
+Owner changes are made late too. ``tar`` changes each file's owner and
+then its mode, in two SETATTRs back to back; made apart, they cost two
+engine operations. An owner-only SETATTR (no mode, size or time) is
+therefore answered at once, with the attributes it will give (those of the
+file with the new owner, and a ctime taken now), and kept pending
+(``owner``); a SETATTR of the same file that comes next takes it along
+(``setattr_with_owner``: one backend call), and any other request makes it
+first (``drain``), with the ctime it was answered with. Changing an owner
+allocates nothing, so ENOSPC cannot happen; any other failure is logged.
+After a failure, or a result other than the one answered (say, a ctime the
+record stores in whole seconds only), the kernel is told to forget the
+attributes it was given. If the combined call fails, the owner change is
+made alone and then the second SETATTR, whose error is the one reported.
+A pending owner change and a pending run never coexist: each is drained
+before the other starts.
+
 Only mounts that are the storage's sole writer use it (a disk volume): there,
 nothing outside the daemon can look at the storage while a run is pending.
 The daemon also drains about once a second, so an idle writer's bytes do not
@@ -37,12 +53,15 @@ wait for the next request.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
+import time
+from collections.abc import Callable
 
-from volfs.backend import Backend, FileHandle, Ino, SetAttr
+from volfs.backend import Attr, Backend, FileHandle, Ino, SetAttr
 
-__all__ = ["WriteBehind"]
+__all__ = ["WriteBehind", "owner_only"]
 
 log = logging.getLogger("volfs.fuse")
 
@@ -70,12 +89,44 @@ class _Run:
         self.room = room
 
 
-class WriteBehind:
-    """At most one pending run of appended bytes for one handle (see the module header)."""
+class _Owner:
+    """An owner change answered but not yet made: the attributes before it and the ctime answered."""
 
-    def __init__(self, backend: Backend) -> None:
+    __slots__ = ("ino", "uid", "gid", "ctime_ns", "before")
+
+    def __init__(self, ino: Ino, uid: int | None, gid: int | None, ctime_ns: int, before: Attr) -> None:
+        self.ino = ino
+        self.uid = uid
+        self.gid = gid
+        self.ctime_ns = ctime_ns
+        self.before = before
+
+    def answered(self) -> Attr:
+        """The attributes the SETATTR was answered with."""
+        b = self.before
+        return dataclasses.replace(b, uid=b.uid if self.uid is None else self.uid,
+                                   gid=b.gid if self.gid is None else self.gid, ctime_ns=self.ctime_ns)
+
+
+def owner_only(changes: SetAttr) -> bool:
+    """Whether ``changes`` change the owner (uid, gid or both) and nothing else."""
+    return (changes.uid is not None or changes.gid is not None) and changes.mode is None \
+        and changes.size is None and changes.atime_ns is None and changes.mtime_ns is None
+
+
+class WriteBehind:
+    """At most one pending run of appended bytes for one handle, or one pending owner change
+    (see the module header).
+
+    ``invalidate(ino)``: make the kernel forget the attributes it caches for
+    ``ino`` (after an owner change that did not give what was answered).
+    """
+
+    def __init__(self, backend: Backend, invalidate: Callable[[Ino], None] | None = None) -> None:
         self._backend = backend
+        self._invalidate = invalidate
         self.run: _Run | None = None
+        self.owner: _Owner | None = None
         self._errors: dict[int, OSError] = {}
         self._floor: int | None = None  # at most this many blocks are free (None: not measured yet)
         self._bsize = 4096
@@ -123,7 +174,7 @@ class WriteBehind:
         There must be no pending run. False: the caller writes ``data`` through
         (which also reports ENOSPC at this very write).
         """
-        assert self.run is None
+        assert self.run is None and self.owner is None
         if len(data) >= RUN_MAX or offset >= _LARGEST_START or self._backend.getattr(ino).size != offset:
             return False
         room = self._room(len(data))
@@ -136,7 +187,8 @@ class WriteBehind:
         return True
 
     def drain(self, then: SetAttr | None = None) -> bool:
-        """Give the pending run (if any) to the backend; a failure is kept for the run's handle, never raised.
+        """Make the pending owner change, then give the pending run (if any) to the backend; a failure is
+        kept for the run's handle (logged for an owner change), never raised.
 
         ``then``: a SETATTR of the run's file, which the caller is about to
         make: given to the backend with the run (``Backend.write``'s ``then``),
@@ -149,6 +201,8 @@ class WriteBehind:
         the write stood (a backend that does the two in one step leaves
         neither done), and the caller's own setattr reports the changes' error.
         """
+        if self.owner is not None:
+            self._make_owner()
         run = self.run
         if run is None:
             return False
@@ -180,6 +234,50 @@ class WriteBehind:
             self._errors.setdefault(run.fh, OSError(errno.EIO, "internal error while writing behind"))
             made = False  # (whether the changes were made is unknown: the caller makes them)
         return made
+
+    # -- owner changes ---------------------------------------------------------
+
+    def defer_owner(self, ino: Ino, changes: SetAttr) -> tuple[Attr, int]:
+        """Answer the owner-only SETATTR ``changes`` of ``ino`` now and make it later. Returns the
+        attributes before it and the ctime to answer with: the answer is those, with the new owner
+        and that ctime. Nothing may be pending (the caller drains first)."""
+        assert self.run is None and self.owner is None and owner_only(changes)
+        before = self._backend.getattr(ino)
+        now = time.time_ns()
+        self.owner = _Owner(ino, changes.uid, changes.gid, now, before)
+        return before, now
+
+    def setattr_with_owner(self, ino: Ino, changes: SetAttr, fh: FileHandle | None) -> Attr:
+        """Make ``changes`` (no size) of ``ino``, whose owner change is pending, and that change, in one
+        backend call; the error reported is that of ``changes`` (see the module header)."""
+        owner = self.owner
+        assert owner is not None and owner.ino == ino and changes.size is None
+        self.owner = None
+        both = SetAttr(changes.mode, owner.uid if changes.uid is None else changes.uid,
+                       owner.gid if changes.gid is None else changes.gid, None, changes.atime_ns, changes.mtime_ns,
+                       changes.ctime_ns)
+        try:
+            return self._backend.setattr(ino, both, fh)
+        except OSError:
+            self.owner = owner
+            self._make_owner()
+            return self._backend.setattr(ino, changes, fh)
+
+    def _make_owner(self) -> None:
+        owner = self.owner
+        assert owner is not None
+        self.owner = None
+        try:
+            made = self._backend.setattr(owner.ino, SetAttr(uid=owner.uid, gid=owner.gid, ctime_ns=owner.ctime_ns))
+        except OSError as exc:
+            log.warning("the owner change of inode %d, already answered, failed: %s", owner.ino, exc)
+            made = None
+        except Exception:
+            # A bug, not a storage error: as for a run, never raised out of a drain.
+            log.exception("internal error in the deferred owner change of inode %d", owner.ino)
+            made = None
+        if made != owner.answered() and self._invalidate is not None:
+            self._invalidate(owner.ino)
 
     def _stood(self, run: _Run) -> bool:
         """Whether the run's bytes are in the file: runs start at its end, and nothing else writes it."""

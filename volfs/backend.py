@@ -178,7 +178,11 @@ class SetAttr:
     ``mode`` holds permission bits only (``0o7777``); the file type never
     changes. ``size`` truncates or extends (with a hole) a regular file.
     ``atime_ns``/``mtime_ns`` take nanoseconds or :data:`NOW`. Any change
-    also sets ctime to now, as the kernel does.
+    also sets ctime, to now, as the kernel does, or to ``ctime_ns`` when
+    given: for a caller that has already reported the change, with the time
+    it reported (the FUSE layer's deferred owner change). A backend that
+    cannot choose the ctime (a directory volume: the host kernel sets it)
+    sets now. ``ctime_ns`` alone is not a change.
     """
 
     mode: int | None = None
@@ -187,6 +191,7 @@ class SetAttr:
     size: int | None = None
     atime_ns: int | TimeNow | None = None
     mtime_ns: int | TimeNow | None = None
+    ctime_ns: int | None = None
 
     def is_empty(self) -> bool:
         """True when nothing would change."""

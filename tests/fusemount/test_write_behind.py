@@ -12,9 +12,12 @@ only by the drain is fsync's error, as a failed writeback is on ext4.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import stat
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -53,10 +56,18 @@ class Counting:
         self.fail_then: Exception | None = None  # for writes with changes only
         self.then_fails_after_write = False  # as a backend that writes, then fails to change
         self.statfs_calls = 0
+        self.setattrs: list[SetAttr] = []  # every setattr's changes
+        self.fail_setattr: Callable[[SetAttr], bool] | None = None  # which setattrs fail with EIO
 
     def statfs(self) -> Any:
         self.statfs_calls += 1
         return self._b.statfs()
+
+    def setattr(self, ino: Any, changes: SetAttr, fh: FileHandle | None = None) -> Any:
+        self.setattrs.append(changes)
+        if self.fail_setattr is not None and self.fail_setattr(changes):
+            raise OSError(errno.EIO, "device error")
+        return self._b.setattr(ino, changes, fh)
 
     def write(self, fh: FileHandle, offset: int, data: bytes, then: SetAttr | None = None) -> int:
         if self.fail is not None:
@@ -180,12 +191,12 @@ def test_a_setattr_of_the_pending_file_goes_with_its_bytes(harness: Harness) -> 
     got = harness.engine.getattr(ino)
     assert (got.mtime_ns, got.mode, got.size, got.blocks) == (WHEN, 0o100600, 3 * CHUNK, attr.st_blocks)
     assert harness.content(ino) == b"".join(data)
-    # Nothing pending now: the owner's SETATTR is an ordinary one.
-    harness.call("setattr", ino, _attrs(uid=7, gid=8), _fields(update_uid=True, update_gid=True), fh, CTX)
-    assert len(harness.backend.writes) == 1
-    assert (harness.engine.getattr(ino).uid, harness.engine.getattr(ino).gid) == (7, 8)
+    # Nothing pending now: the owner's SETATTR is answered, and made before the next request.
+    attr = harness.call("setattr", ino, _attrs(uid=7, gid=8), _fields(update_uid=True, update_gid=True), fh, CTX)
+    assert len(harness.backend.writes) == 1 and (attr.st_uid, attr.st_gid) == (7, 8)
     # A truncate does not go with the bytes: drained first, then truncated.
     harness.call("write", fh, 3 * CHUNK, b"t" * 100)
+    assert (harness.engine.getattr(ino).uid, harness.engine.getattr(ino).gid) == (7, 8)
     attr = harness.call("setattr", ino, _attrs(size=10), _fields(update_size=True), fh, CTX)
     assert harness.backend.thens[1:] == [None] and attr.st_size == 10
     harness.call("release", fh)
@@ -353,6 +364,135 @@ def test_idle_drain(harness: Harness) -> None:
     harness.call("release", fh)
 
 
+def _chown(harness: Harness, ino: int, uid: int = 7, gid: int = 8) -> Any:
+    return harness.call("setattr", ino, _attrs(uid=uid, gid=gid), _fields(update_uid=True, update_gid=True), None,
+                        CTX)
+
+
+def _chmod(harness: Harness, ino: int, mode: int) -> Any:
+    return harness.call("setattr", ino, _attrs(mode=mode), _fields(update_mode=True), None, CTX)
+
+
+@pytest.fixture
+def invalidated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The FUSE inodes whose attributes the daemon told the kernel to forget."""
+    calls: list[int] = []
+
+    def record(ino: int, attr_only: bool = False) -> None:
+        assert attr_only
+        calls.append(ino)
+
+    if pyfuse3 is not None:
+        monkeypatch.setattr(pyfuse3, "invalidate_inode", record)
+    return calls
+
+
+@pytest.mark.parametrize("request_name", ["getattr", "getattr other", "lookup", "setattr other", "write other",
+                                          "release", "forget", "idle drain"])  # fmt: skip
+def test_an_owner_change_is_answered_now_and_made_before_the_next_request(
+        harness: Harness, request_name: str, invalidated: list[int]) -> None:
+    """An owner-only SETATTR is answered at once with the attributes it will give (new owner, a ctime
+    taken then) and made, with that very ctime, before whatever request comes next."""
+    fh, ino = harness.create(b"f")
+    other_fh, other_ino = harness.create(b"g", os.O_RDWR)
+    before = harness.engine.getattr(ino)
+    attr = _chown(harness, ino)
+    assert harness.backend.setattrs == []  # answered, not made
+    assert (harness.engine.getattr(ino).uid, harness.engine.getattr(ino).gid) == (before.uid, before.gid)
+    assert (attr.st_uid, attr.st_gid, attr.st_mode, attr.st_size) == (7, 8, before.mode, before.size)
+    assert attr.st_ctime_ns >= before.ctime_ns
+    calls = {
+        "getattr": lambda: harness.call("getattr", ino, CTX),
+        "getattr other": lambda: harness.call("getattr", other_ino, CTX),
+        "lookup": lambda: harness.call("lookup", 1, b"g", CTX),
+        "setattr other": lambda: _chmod(harness, other_ino, 0o100600),
+        "write other": lambda: harness.call("write", other_fh, 0, b"w"),
+        "release": lambda: harness.call("release", fh),
+        "forget": lambda: harness.call("forget", [(other_ino, 1)]),
+        "idle drain": lambda: harness.ops.drain(),
+    }
+    calls[request_name]()
+    assert harness.backend.setattrs[0] == SetAttr(uid=7, gid=8, ctime_ns=attr.st_ctime_ns)
+    got = harness.engine.getattr(ino)
+    assert (got.uid, got.gid, got.mode, got.size, got.ctime_ns, got.mtime_ns) == \
+        (7, 8, attr.st_mode, attr.st_size, attr.st_ctime_ns, attr.st_mtime_ns)
+    assert invalidated == []  # made as answered
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_chmod_after_chown_is_one_backend_call(harness: Harness, kind: str) -> None:
+    """tar's chown then chmod of a file or directory: one backend setattr with both, answered with its result."""
+    if kind == "file":
+        fh, ino = harness.create(b"f")
+        mode = 0o100640
+    else:
+        ino = harness.call("mkdir", 1, b"d", 0o700, CTX).st_ino
+        mode = 0o40750
+    _chown(harness, ino)
+    attr = _chmod(harness, ino, mode)
+    assert harness.backend.setattrs == [SetAttr(mode=mode & 0o7777, uid=7, gid=8)]
+    got = harness.engine.getattr(ino)
+    assert (got.uid, got.gid, got.mode, got.ctime_ns) == (7, 8, mode, attr.st_ctime_ns)
+    assert (attr.st_uid, attr.st_gid, attr.st_mode) == (7, 8, mode)
+    harness.call("getattr", ino, CTX)
+    assert len(harness.backend.setattrs) == 1  # nothing left pending
+
+
+@pytest.mark.parametrize("failing", ["both together", "the mode too"])
+def test_a_failed_combined_change_is_made_apart(harness: Harness, failing: str) -> None:
+    """If the chmod that takes the pending chown along fails, the owner change is made alone and the
+    chmod apart, whose error (if it fails again) is the one reported."""
+    fh, ino = harness.create(b"f")
+    _chown(harness, ino)
+    if failing == "both together":
+        harness.backend.fail_setattr = lambda c: c.mode is not None and c.uid is not None
+    else:
+        harness.backend.fail_setattr = lambda c: c.mode is not None
+    if failing == "both together":
+        attr = _chmod(harness, ino, 0o100640)
+        assert (attr.st_uid, attr.st_mode) == (7, 0o100640)
+    else:
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            _chmod(harness, ino, 0o100640)
+        assert err.value.errno == errno.EIO
+    assert [(c.uid, c.mode) for c in harness.backend.setattrs] == [(7, 0o640), (7, None), (None, 0o640)]
+    got = harness.engine.getattr(ino)
+    assert (got.uid, got.gid, got.mode) == (7, 8, 0o100640 if failing == "both together" else 0o100644)
+
+
+def test_a_failed_owner_change_is_logged_and_forgotten_by_the_kernel(harness: Harness, invalidated: list[int],
+                                                                     caplog: Any) -> None:
+    fh, ino = harness.create(b"f")
+    _chown(harness, ino)
+    harness.backend.fail_setattr = lambda c: c.uid is not None
+    attr = harness.call("getattr", ino, CTX)  # makes it first: fails, and this request still runs
+    assert "already answered, failed" in caplog.text
+    assert invalidated == [ino]
+    assert attr.st_uid == 0 == harness.engine.getattr(ino).uid
+
+
+def test_an_owner_change_that_gives_other_attributes_is_forgotten_by_the_kernel(
+        tmp_path: Path, invalidated: list[int]) -> None:
+    """With 128-byte inodes a ctime is stored in whole seconds: not what was answered, so the kernel is
+    told to ask again; after the session is closed, it is not told anything."""
+    need(pyfuse3 is not None, "pyfuse3 is not installed")
+    image = tmp_path / "img.raw"
+    mkfs(image, 16 << 20, inode_size=128)
+    h = Harness(image)
+    try:
+        fh, ino = h.create(b"f")
+        attr = _chown(h, ino)
+        h.call("getattr", ino, CTX)
+        assert invalidated == [ino]
+        assert h.engine.getattr(ino).ctime_ns == attr.st_ctime_ns // 10**9 * 10**9
+        _chown(h, ino, 9, 9)
+        h.ops.drain(closed=True)
+        assert invalidated == [ino] and h.engine.getattr(ino).uid == 9
+    finally:
+        h.engine.close()
+    e2fsck_clean(image)
+
+
 def test_enospc_comes_from_the_write_that_does_not_fit(home: Path, mounter: Mounter, tmp_path: Path) -> None:
     need_root("the kernel reads the image back")
     vol = Volume.create("full", home=home, kind="disk", size_mib=16)
@@ -477,3 +617,49 @@ def test_a_corrupt_bitmap_met_by_a_drain_is_reported_by_fsync(home: Path, mounte
     with open(vol.disk_path, "rb") as f:
         f.seek(bitmap * bs)
         assert f.read(bs) == corrupt
+
+
+def test_tar_owners_and_modes_reach_the_image(home: Path, mounter: Mounter, tmp_path: Path) -> None:
+    """GNU tar, run as root, gives each member its owner and then its mode (the owner change waits for
+    the mode's SETATTR): what stat shows through the mount, and what the kernel reads from the image
+    after the unmount, are each member's owner, mode, mtime and bytes; and the image is clean."""
+    import tarfile
+
+    from volfs.home import resolve_home
+    from volfs.mounts import unmount
+
+    need_root("tar restores owners as root, and the kernel reads the image back")
+    archive = tmp_path / "owners.tar"
+    want: dict[str, tuple[int, int, int, int, bytes | None]] = {}
+    with tarfile.open(archive, "w") as tar:
+        # Each directory, then its files (tar sets a directory's times once it has left it for good).
+        for i in sorted(range(40), key=lambda i: (i % 4, i)):
+            info = tarfile.TarInfo(f"top/d{i % 4}" if i < 4 else f"top/d{i % 4}/f{i:02d}")
+            info.uid, info.gid, info.mtime = 1000 + i, 2000 + i * 3, 1_600_000_000 + i
+            if i < 4:
+                info.type, info.mode = tarfile.DIRTYPE, (0o750, 0o700, 0o2775, 0o755)[i]
+                tar.addfile(info)
+                want[info.name] = (info.uid, info.gid, stat.S_IFDIR | info.mode, info.mtime, None)
+            else:
+                data = bytes([i]) * (i * 700)
+                info.size, info.mode = len(data), (0o640, 0o4755, 0o600, 0o444)[i % 4]
+                tar.addfile(info, io.BytesIO(data))
+                want[info.name] = (info.uid, info.gid, stat.S_IFREG | info.mode, info.mtime, data)
+    Volume.create("owners", home=home, kind="disk", size_mib=16)
+    mp = Path(mounter("owners").mountpoint)
+    subprocess.run(["tar", "-C", str(mp), "--same-owner", "-xpf", str(archive)], check=True)
+
+    def seen_in(root: Path) -> dict[str, tuple[int, int, int, int, bytes | None]]:
+        out = {}
+        for name in want:
+            st = os.lstat(root / name)
+            data = (root / name).read_bytes() if stat.S_ISREG(st.st_mode) else None
+            out[name] = (st.st_uid, st.st_gid, st.st_mode, int(st.st_mtime), data)
+        return out
+
+    assert seen_in(mp) == want
+    unmount(resolve_home(home), "owners")
+    disk = Volume.get("owners", home=home).disk_path
+    e2fsck_clean(disk)
+    with loop_mount(disk) as seen:
+        assert seen_in(seen) == want

@@ -208,7 +208,7 @@ class Ext4Backend:
             # a mode for a symlink) before it changes anything.
             try:
                 self._retry(lambda: w.setattr(ino, mode=c.mode, uid=c.uid, gid=c.gid, size=changes.size,
-                                              atime_ns=c.atime_ns, mtime_ns=c.mtime_ns))
+                                              atime_ns=c.atime_ns, mtime_ns=c.mtime_ns, ctime_ns=changes.ctime_ns))
             except VolfsError as exc:
                 if exc.errno == errno.ENOENT:
                     raise error(errno.ESTALE, f"inode {ino} no longer exists") from None
