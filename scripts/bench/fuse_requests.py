@@ -61,6 +61,7 @@ import pyfuse3  # noqa: E402
 
 from volfs.backends.ext4 import Ext4Backend  # noqa: E402
 from volfs.ext4.mkfs import mkfs  # noqa: E402
+from volfs_fuse.daemon import tune_gc  # noqa: E402
 from volfs_fuse.idmap import IdMap  # noqa: E402
 from volfs_fuse.operations import VolfsOperations  # noqa: E402
 
@@ -216,6 +217,7 @@ def main() -> int:
         backend = Ext4Backend(img, readonly=False)
         ops = VolfsOperations(backend, IdMap((0, 0)), exclusive=True)
         replay = Replay(ops)
+        tune_gc()  # as the daemon does before it serves
         if args.setup_only:
             ops.drain()
             backend.close()

@@ -87,6 +87,26 @@ def _reference_inode(ino: int, raw: bytes, *, large_dir: bool, huge_file: bool, 
         version=r.u("l_i_version") + ((r.u("i_version_hi") if has(28) else 0) << 32), raw=bytes(raw))
 
 
+def test_time_decode_is_the_spec() -> None:
+    """_time_ns (which the reference above also uses) against inodes.rst written out plainly: the
+    seconds are a signed 32-bit number, the extra field's low two bits add epochs of 2^32 seconds,
+    and its upper 30 bits are nanoseconds (the kernel clamps them below a second)."""
+
+    def spec(seconds: int, extra: int | None) -> int:
+        sec = seconds - (1 << 32) if seconds >= 1 << 31 else seconds
+        if extra is None:
+            return sec * 10**9
+        return (sec + (extra & 3) * (1 << 32)) * 10**9 + min(extra >> 2, 10**9 - 1)
+
+    rnd = random.Random(61)
+    edges = [0, 1, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1_700_000_000]
+    extras: list[int | None] = [None, 0, 1, 2, 3, (999_999_999 << 2) | 3, (10**9 << 2), (1 << 32) - 1]
+    cases = [(s, e) for s in edges for e in extras]
+    cases += [(rnd.getrandbits(32), rnd.choice([None, rnd.getrandbits(32)])) for _ in range(20000)]
+    for s, e in cases:
+        assert _time_ns(s, e) == spec(s, e), (s, e)
+
+
 def _random_record(rnd: random.Random, size: int) -> bytes:
     raw = bytearray(rnd.randrange(256) for _ in range(size))
     if size > INODE_BASE_SIZE:
