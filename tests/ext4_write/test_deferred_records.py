@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ext4_write.support import check, debugfs
-from volfs.backend import Ino, OpenFlags, SetAttr
+from volfs.backend import Attr, Ino, OpenFlags, SetAttr
 from volfs.backends.ext4 import Ext4Backend
 from volfs.errors import VolfsError, error
 from volfs.ext4.cache import BlockCache
@@ -100,15 +100,21 @@ def test_a_read_of_the_block_patches_its_records_in_first(make_image: Callable[.
     check(image)
 
 
+def _one_file(make_image: Callable[..., Path]) -> tuple[Path, Ext4Backend, Attr]:
+    """A fresh default image open for writing, with one empty file "f" in its root."""
+    image = make_image("default")
+    b = Ext4Backend(image, readonly=False)
+    fh, a = b.create(ROOT, b"f", 0o644, OpenFlags.WRITE, 0, 0)
+    b.release(fh)
+    return image, b, a
+
+
 def test_a_failed_operation_takes_back_what_it_deferred(make_image: Callable[..., Path]) -> None:
     """An operation that stores a record, materialises a block and then fails leaves the deferred
     map, the read side and (after the commit) the image as they were before it."""
-    image = make_image("default")
-    b = Ext4Backend(image, readonly=False)
+    image, b, a = _one_file(make_image)
     fs = b.filesystem
     w = fs.writer
-    fh, a = b.create(ROOT, b"f", 0o644, OpenFlags.WRITE, 0, 0)
-    b.release(fh)
     b.setattr(a.ino, SetAttr(uid=5))  # deferred, committed later with the rest
     txn = fs.txn_required()
     blk, off = fs.inode_place(a.ino) or (0, 0)
@@ -211,12 +217,9 @@ def test_group_descriptors_are_encoded_at_the_commit(variant: str, opts: tuple[s
 def test_a_failed_allocation_takes_back_its_descriptor(make_image: Callable[..., Path]) -> None:
     """An operation that allocated an inode and blocks (changing the descriptor, deferred) and then
     failed leaves the deferred record and the served descriptor as they were before it."""
-    image = make_image("default")
-    b = Ext4Backend(image, readonly=False)
+    image, b, a = _one_file(make_image)
     fs = b.filesystem
     w = fs.writer
-    fh, a = b.create(ROOT, b"first", 0o644, OpenFlags.WRITE, 0, 0)
-    b.release(fh)
     txn = fs.txn_required()
     group = (a.ino - 1) // fs.sb.inodes_per_group
     desc = fs.group_desc(group)
