@@ -663,3 +663,32 @@ def test_tar_owners_and_modes_reach_the_image(home: Path, mounter: Mounter, tmp_
     e2fsck_clean(disk)
     with loop_mount(disk) as seen:
         assert seen_in(seen) == want
+
+
+@pytest.mark.parametrize("how", ["unmount", "SIGTERM"])
+def test_an_owner_change_pending_at_the_end_reaches_the_image(home: Path, mounter: Mounter, how: str) -> None:
+    """A chown that is the mount's last request (answered, not yet made) is made when the daemon
+    ends, by an unmount or a signal: the kernel reads the new owner from the image."""
+    import signal
+
+    from volfs.home import resolve_home
+    from volfs.mounts import read_record, unmount
+
+    need_root("chown, and the kernel reads the image back")
+    vol = Volume.create("last", home=home, kind="disk", size_mib=16)
+    mp = Path(mounter("last").mountpoint)
+    (mp / "f").write_bytes(b"data")
+    os.stat(mp / "f")
+    os.chown(mp / "f", 1234, 5678)
+    rec = read_record(resolve_home(home), "last")
+    assert rec is not None
+    if how == "unmount":
+        unmount(resolve_home(home), "last")
+    else:
+        os.kill(rec.pid, signal.SIGTERM)
+        wait_gone(rec.pid)
+    e2fsck_clean(vol.disk_path)
+    with loop_mount(vol.disk_path) as seen:
+        st = os.stat(seen / "f")
+        assert (st.st_uid, st.st_gid) == (1234, 5678)
+        assert (seen / "f").read_bytes() == b"data"
