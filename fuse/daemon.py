@@ -150,8 +150,9 @@ async def _serve_until_done(ops: VolfsOperations) -> bool:
                 await pyfuse3.main(min_tasks=1, max_tasks=1)
             finally:
                 if waits is not None:
-                    log.info("waited for %d requests: %d already queued, %d came while spinning, %d more within %d ms",
-                             waits.waits, waits.skipped, waits.spun, waits.brief, BRIEF_WAIT_MS)
+                    log.info("waited for %d requests: %d already queued, %d came while spinning, %d more within %d ms; "
+                             "%d waits did not spin (host CPU steal)",
+                             waits.waits, waits.skipped, waits.spun, waits.brief, BRIEF_WAIT_MS, waits.unspun)
         nursery.cancel_scope.cancel()
     return signalled
 

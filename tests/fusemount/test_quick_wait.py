@@ -1,7 +1,8 @@
 """pyfuse3's worker goes straight on to a queued request (fuse/quickwait.py).
 
 The stand-in's wait must behave as trio's (return once the descriptor is
-readable, failed or hung up; wait while it is not); its lock must exclude
+readable, failed or hung up; wait while it is not), and spin only while the
+host is not taking CPU time from the machine (steal); its lock must exclude
 as trio's does and checkpoint at least every CHECKPOINT_EVERY acquires;
 everything else must be trio's own. It must be removed again and never
 replace a stand-in that is not trio itself. A real mount must use it: its
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,16 +32,37 @@ try:
     import trio.testing
 
     import volfs_fuse.quickwait as quickwait
-    from volfs_fuse.quickwait import CHECKPOINT_EVERY, quick_wait
+    from volfs_fuse.quickwait import CHECKPOINT_EVERY, StealWatch, cpu_times, quick_wait
 except ImportError:  # the FUSE extra is not installed
     pyfuse3 = None
 
 pytestmark = pytest.mark.skipif(pyfuse3 is None, reason="pyfuse3 is not installed")
 
 
+def _quiet() -> StealWatch:
+    """A host that never takes CPU time away (the tests below count spins: they must not depend on
+    this machine's load)."""
+    return StealWatch(read=lambda: None)
+
+
+class _Ticks:
+    """A /proc/stat stand-in: (steal, all) ticks, advanced by the test."""
+
+    def __init__(self) -> None:
+        self.steal = 0
+        self.all = 1000
+
+    def advance(self, steal: int, all_: int) -> None:
+        self.steal += steal
+        self.all += all_
+
+    def __call__(self) -> tuple[int, int]:
+        return self.steal, self.all
+
+
 def test_swaps_pyfuse3_trio_and_restores_it() -> None:
     assert pyfuse3.trio is trio
-    with quick_wait() as stats:
+    with quick_wait(_quiet()) as stats:
         assert stats is not None
         stand_in = pyfuse3.trio
         assert stand_in is not trio
@@ -54,7 +77,7 @@ def test_swaps_pyfuse3_trio_and_restores_it() -> None:
 
 
 def test_restores_trio_after_an_exception() -> None:
-    with pytest.raises(KeyError), quick_wait():
+    with pytest.raises(KeyError), quick_wait(_quiet()):
         raise KeyError("x")
     assert pyfuse3.trio is trio
 
@@ -63,7 +86,7 @@ def test_leaves_another_stand_in_alone() -> None:
     other = object()
     pyfuse3.trio = other
     try:
-        with quick_wait() as stats:
+        with quick_wait(_quiet()) as stats:
             assert stats is None
             assert pyfuse3.trio is other
         assert pyfuse3.trio is other
@@ -103,7 +126,7 @@ def test_wait_returns_at_once_for_a_readable_pipe(pipe: tuple[int, int]) -> None
     os.write(w, b"x")
 
     async def main() -> None:
-        with quick_wait() as stats:
+        with quick_wait(_quiet()) as stats:
             assert stats is not None
             with trio.fail_after(5):
                 await pyfuse3.trio.lowlevel.wait_readable(r)
@@ -116,7 +139,7 @@ def test_wait_blocks_until_the_pipe_becomes_readable(pipe: tuple[int, int]) -> N
     r, w = pipe
 
     async def main() -> None:
-        with quick_wait() as stats:
+        with quick_wait(_quiet()) as stats:
             assert stats is not None
             order: list[str] = []
 
@@ -142,7 +165,7 @@ def test_wait_catches_a_request_that_comes_within_the_brief_wait(
     monkeypatch.setattr(quickwait, "BRIEF_WAIT_MS", 30_000)
 
     async def main() -> None:
-        with quick_wait() as stats:
+        with quick_wait(_quiet()) as stats:
             assert stats is not None
             write_later(0.1)
             await pyfuse3.trio.lowlevel.wait_readable(pipe[0])
@@ -160,7 +183,7 @@ def test_spinning_stops_for_a_slow_client_and_resumes_for_a_fast_one(
     r = pipe[0]
 
     async def main() -> None:
-        with quick_wait() as stats:
+        with quick_wait(_quiet()) as stats:
             assert stats is not None
             seen = []
             for delay in (0.01, 1.0, 0.01, 0.01):
@@ -174,9 +197,64 @@ def test_spinning_stops_for_a_slow_client_and_resumes_for_a_fast_one(
     trio.run(main)
 
 
+def test_cpu_times_reads_this_machine() -> None:
+    first = cpu_times()
+    assert first is not None  # Linux: /proc/stat
+    steal, all_ = first
+    assert 0 <= steal <= all_ and all_ > 0
+    later = cpu_times()
+    assert later is not None and later[0] >= steal and later[1] >= all_
+
+
+def test_steal_watch_follows_the_steal_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quickwait, "STEAL_EVERY_S", 0.0)
+    ticks = _Ticks()
+    t = time.perf_counter() + 1000  # (update takes perf_counter times, later than the watch's birth)
+    watch = StealWatch(read=ticks)
+    assert not watch.busy
+    ticks.advance(steal=10, all_=200)  # 5%: busy
+    assert watch.update(t + 1)
+    ticks.advance(steal=0, all_=200)  # none since: not busy
+    assert not watch.update(t + 2)
+    ticks.advance(steal=6, all_=200)  # 3%: at the limit, not above it
+    assert not watch.update(t + 3)
+    ticks.advance(steal=50, all_=0)  # no time passed on the CPUs: no new verdict
+    assert not watch.update(t + 4)
+    monkeypatch.setattr(quickwait, "STEAL_EVERY_S", 10.0)
+    ticks.advance(steal=500, all_=1000)
+    assert not watch.update(t + 5)  # looked at most every STEAL_EVERY_S
+    assert watch.update(t + 14)
+    assert not StealWatch(read=lambda: None).update(t + 100)  # unreadable: never busy
+
+
+def test_no_spinning_while_the_host_takes_cpu_time(
+        pipe: tuple[int, int], write_later: Callable[[float], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    # With 200 ms of spinning, a request 10 ms away is caught while spinning, unless the host is busy:
+    # then it is caught by the sleeping wait, and the spin is not even tried (spinning stays on).
+    monkeypatch.setattr(quickwait, "SPIN_US", 200_000)
+    monkeypatch.setattr(quickwait, "BRIEF_WAIT_MS", 30_000)
+    monkeypatch.setattr(quickwait, "STEAL_EVERY_S", 0.0)
+    r = pipe[0]
+    ticks = _Ticks()
+
+    async def main() -> None:
+        with quick_wait(StealWatch(read=ticks)) as stats:
+            assert stats is not None
+            seen = []
+            for steal in (50, 50, 0):
+                ticks.advance(steal=steal, all_=200)
+                write_later(0.01)
+                await pyfuse3.trio.lowlevel.wait_readable(r)
+                os.read(r, 1)
+                seen.append((stats.spun, stats.brief, stats.unspun))
+            assert seen == [(0, 1, 1), (0, 2, 2), (1, 2, 2)]
+
+    trio.run(main)
+
+
 def test_lock_goes_to_each_waiter_once_and_a_cancelled_waiter_gives_up() -> None:
     async def main() -> None:
-        with quick_wait():
+        with quick_wait(_quiet()):
             lock = pyfuse3.trio.Lock()
             got: list[str] = []
             scopes = {name: trio.CancelScope() for name in "abc"}
@@ -213,7 +291,7 @@ def test_wait_returns_for_a_hung_up_pipe() -> None:
     try:
 
         async def main() -> None:
-            with quick_wait() as stats:
+            with quick_wait(_quiet()) as stats:
                 assert stats is not None
                 with trio.fail_after(5):
                     await pyfuse3.trio.lowlevel.wait_readable(r)
@@ -226,7 +304,7 @@ def test_wait_returns_for_a_hung_up_pipe() -> None:
 
 def test_wait_is_cancellable_when_it_waits(pipe: tuple[int, int]) -> None:
     async def main() -> None:
-        with quick_wait():
+        with quick_wait(_quiet()):
             with trio.move_on_after(0.2) as scope:
                 await pyfuse3.trio.lowlevel.wait_readable(pipe[0])
             assert scope.cancelled_caught
@@ -237,7 +315,7 @@ def test_wait_is_cancellable_when_it_waits(pipe: tuple[int, int]) -> None:
 def test_lock_is_taken_without_a_checkpoint_but_every_nth_time() -> None:
     # Under a cancelled scope, an await that checkpoints raises Cancelled; one that does not, returns.
     async def main() -> None:
-        with quick_wait():
+        with quick_wait(_quiet()):
             lock = pyfuse3.trio.Lock()
             with trio.CancelScope() as scope:
                 scope.cancel()
@@ -254,7 +332,7 @@ def test_lock_is_taken_without_a_checkpoint_but_every_nth_time() -> None:
 
 def test_lock_excludes() -> None:
     async def main() -> None:
-        with quick_wait():
+        with quick_wait(_quiet()):
             lock = pyfuse3.trio.Lock()
             held: list[str] = []
             events: list[str] = []
