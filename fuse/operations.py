@@ -221,8 +221,7 @@ class VolfsOperations(pyfuse3.Operations):
             run = behind.run
             # The changes to a file whose appended bytes are pending (tar's utimensat after its
             # writes) go to the backend with them, in one write (see WriteBehind.drain).
-            made = (run is not None or owner is not None) and \
-                behind.drain(then=changes if run is not None and run.ino == ino else None)
+            made = behind.drain(then=changes if run is not None and run.ino == ino else None)
             behind.charge()
             if made:
                 return self._entry(self._backend.getattr(ino))

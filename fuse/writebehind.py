@@ -253,9 +253,9 @@ class WriteBehind:
         owner = self.owner
         assert owner is not None and owner.ino == ino and changes.size is None
         self.owner = None
-        both = SetAttr(changes.mode, owner.uid if changes.uid is None else changes.uid,
-                       owner.gid if changes.gid is None else changes.gid, None, changes.atime_ns, changes.mtime_ns,
-                       changes.ctime_ns)
+        both = SetAttr(mode=changes.mode, uid=owner.uid if changes.uid is None else changes.uid,
+                       gid=owner.gid if changes.gid is None else changes.gid, atime_ns=changes.atime_ns,
+                       mtime_ns=changes.mtime_ns, ctime_ns=changes.ctime_ns)
         try:
             return self._backend.setattr(ino, both, fh)
         except OSError:

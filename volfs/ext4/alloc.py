@@ -97,15 +97,15 @@ class Allocator:
         blk = descriptor_block(sb, group // per_block)
         off = (group % per_block) * size
         txn = fs.txn_required()
+        record = PendingDesc(sb, fs.fs_seed, desc)
         # The record is encoded (checksum included) only when it is patched in, at the commit or a
         # read of its block; until then the read side serves the decoded form (install_deferred_desc).
-        if txn.defer(blk, off, PendingDesc(sb, fs.fs_seed, desc), -1 - group):
+        if txn.defer(blk, off, record, -1 - group):
             fs.install_deferred_desc(group, blk, desc)
             return
         # Something else waits at that very place (a hostile image whose tables overlap): now.
         data = txn.read(blk, "group descriptor")
-        raw = PendingDesc(sb, fs.fs_seed, desc).encode(data[off : off + size])
-        txn.patch(blk, off, raw, "group descriptor")
+        txn.patch(blk, off, record.encode(data[off : off + size]), "group descriptor")
 
     def free_blocks_total(self) -> int:
         return sum(self.fs.group_desc(g).free_blocks for g in range(self.fs.sb.group_count))
