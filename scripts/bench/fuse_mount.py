@@ -21,7 +21,11 @@ time) and ends with the min / median / max of each volfs/fuse2fs ratio, since
 one run on a shared machine is one noisy sample. The daemons' CPU seconds per
 workload (fuse2fs's and volfs's, from /proc) are printed too: under load,
 wall time punishes whichever side needs more CPU, and the CPU ratio shows how
-far each side is from the other with less noise.
+far each side is from the other with less noise. So is the share of the
+machine's CPU time its hypervisor took meanwhile (``steal`` in /proc/stat),
+per workload and mount: on a shared host it moves the ratios more than any
+change to the daemon does, so the summary also gives the ratios of the runs
+in which neither FUSE side saw more than 1% (``QUIET_STEAL``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from volfs_fuse.quickwait import cpu_times
 
 
 def sh(*cmd: str) -> None:
@@ -152,13 +158,24 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+QUIET_STEAL = 0.01
+"""Runs in which both FUSE sides saw at most this steal share are summarised apart ("quiet")."""
+
 WORKLOADS = ("sequential read", "stat walk", "small-file read", "sequential write", "small-file create",
              "tar extract")
 
 
-def workloads(mnt: Path, size_mib: int, files: int, tarball: Path,
-              cpu: dict[str, float | None], only: frozenset[str]) -> dict[str, float | None]:
-    """Seconds per workload; ``cpu`` receives the serving daemon's CPU seconds per workload."""
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time the hypervisor took between two :func:`cpu_times` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def workloads(mnt: Path, size_mib: int, files: int, tarball: Path, cpu: dict[str, float | None],
+              steal: dict[str, float | None], only: frozenset[str]) -> dict[str, float | None]:
+    """Seconds per workload; ``cpu`` receives the serving daemon's CPU seconds per workload, ``steal``
+    the hypervisor's share of the machine's CPU time meanwhile."""
     out: dict[str, float | None] = {}
     pid = daemon_pid(mnt)
 
@@ -202,38 +219,42 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path,
             continue
         if drop:
             drop_caches()
-        before = cpu_seconds(pid)
+        before, ticks = cpu_seconds(pid), cpu_times()
         try:
             out[name] = timed(fn)
         except OSError as exc:
             out[name] = None
             print(f"  {name}: n/a ({exc.strerror})", file=sys.stderr)
         after = cpu_seconds(pid)
+        steal[name] = steal_share(ticks, cpu_times())
         cpu[name] = after - before if after is not None and before is not None else None
     return out
 
 
-Run = tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]
+ByMount = dict[str, dict[str, float | None]]
+Run = tuple[ByMount, ByMount, ByMount]
+"""Seconds, daemon CPU seconds and steal share, each by mount label and workload."""
 
 
 def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int, only: frozenset[str]) -> Run:
     """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``.
 
-    Returns (seconds, daemon CPU seconds), each by mount label and workload.
+    Returns (seconds, daemon CPU seconds, steal share), each by mount label and workload.
     """
-    results: dict[str, dict[str, float | None]] = {}
-    cpu: dict[str, dict[str, float | None]] = {}
+    results: ByMount = {}
+    cpu: ByMount = {}
+    steal: ByMount = {}
     for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
         image = work / f"{label}.img"
         sh("cp", "--sparse=always", str(base), str(image))
         mnt = work / f"mnt-{label}"
         mnt.mkdir(exist_ok=True)
         print(f"{label}...", file=sys.stderr)
-        cpu[label] = {}
+        cpu[label], steal[label] = {}, {}
         with mounter(image, mnt) as m:
-            results[label] = workloads(m, size_mib, files, tarball, cpu[label], only)
+            results[label] = workloads(m, size_mib, files, tarball, cpu[label], steal[label], only)
         image.unlink()
-    return results, cpu
+    return results, cpu, steal
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -241,18 +262,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def print_run(run: Run) -> None:
-    results, cpu = run
+    results, cpu, steal = run
 
     def fmt(x: float | None, digits: int = 3) -> str:
         return f"{x:.{digits}f}" if x is not None else "n/a"
 
+    def pct(x: float | None) -> str:
+        return f"{100 * x:.1f}%" if x is not None else "n/a"
+
     print(f"{'workload':<20}{'kernel s':>10}{'fuse2fs s':>11}{'volfs s':>10}{'volfs/fuse2fs':>15}{'volfs/kernel':>14}"
-          f"{'fuse2fs cpu':>13}{'volfs cpu':>11}{'cpu ratio':>11}")
+          f"{'fuse2fs cpu':>13}{'volfs cpu':>11}{'cpu ratio':>11}{'steal f/v':>15}")
     for n in results["kernel"]:
         k, f, v = results["kernel"][n], results["fuse2fs"][n], results["volfs"][n]
         fc, vc = cpu["fuse2fs"].get(n), cpu["volfs"].get(n)
         print(f"{n:<20}{fmt(k):>10}{fmt(f):>11}{fmt(v):>10}{fmt(ratio(v, f), 2):>15}{fmt(ratio(v, k), 2):>14}"
-              f"{fmt(fc, 2):>13}{fmt(vc, 2):>11}{fmt(ratio(vc, fc), 2):>11}")
+              f"{fmt(fc, 2):>13}{fmt(vc, 2):>11}{fmt(ratio(vc, fc), 2):>11}"
+              f"{pct(steal['fuse2fs'].get(n)) + ' / ' + pct(steal['volfs'].get(n)):>15}")
 
 
 def main() -> int:
@@ -286,15 +311,20 @@ def main() -> int:
             print_run(runs[-1])
             sys.stdout.flush()
     if len(runs) > 1:
-        # The machine may be shared: one side-by-side run is one sample; report the spread.
-        print(f"volfs/fuse2fs over {len(runs)} runs, min / median / max (time, then daemon CPU):")
+        # The machine may be shared: one side-by-side run is one sample; report the spread, over all
+        # runs and over the runs the hypervisor left alone.
+        print(f"volfs/fuse2fs over {len(runs)} runs, min / median / max (time, then daemon CPU; runs: "
+              f"all, then those where both FUSE sides saw at most {100 * QUIET_STEAL:.0f}% steal):")
         for n in runs[0][0]["kernel"]:
-            line = f"  {n:<20}"
-            for part in (0, 1):
-                rs = sorted(r for r in (ratio(run[part]["volfs"].get(n), run[part]["fuse2fs"].get(n)) for run in runs)
-                            if r is not None)
-                line += f"{rs[0]:.2f} / {statistics.median(rs):.2f} / {rs[-1]:.2f}    " if rs else "n/a    "
-            print(line)
+            quiet = [run for run in runs if all((run[2][side].get(n) or 0.0) <= QUIET_STEAL
+                                                for side in ("fuse2fs", "volfs"))]
+            for label, chosen in (("all", runs), ("quiet", quiet)):
+                line = f"  {n:<20}{label:<6}{len(chosen):>3} runs  "
+                for part in (0, 1):
+                    rs = sorted(r for r in (ratio(run[part]["volfs"].get(n), run[part]["fuse2fs"].get(n))
+                                            for run in chosen) if r is not None)
+                    line += f"{rs[0]:.2f} / {statistics.median(rs):.2f} / {rs[-1]:.2f}    " if rs else "n/a    "
+                print(line)
     return 0
 
 
