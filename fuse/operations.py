@@ -57,6 +57,7 @@ log = logging.getLogger("volfs.fuse")
 
 _DOT_ENTRIES = 2  # "." and ".." take FUSE readdir offsets 1 and 2
 _CAPS = b"security.capability"
+_CAPLESS_MAX = 1 << 16
 
 
 class _Writer(NamedTuple):
@@ -120,12 +121,16 @@ class VolfsOperations(pyfuse3.Operations):
     def __init__(self, backend: Backend, ids: IdMap, *, exclusive: bool) -> None:
         super().__init__()
         self._backend = backend
+        self._root = backend.root  # (fixed for the backend's life; read on every request)
         self._ids = ids
+        self._identity = ids.identity
         self._exclusive = exclusive
         self._timeout = 60.0 if exclusive else 1.0
         self._dirs: dict[int, Ino] = {}
         self._next_dir_handle = 1
         self._direct: dict[int, _Writer] = {}  # write-only (direct) handles
+        # Files this mount created that cannot have security.capability (see _drop_caps).
+        self._capless: set[Ino] = set()
         # Write-behind only where nothing but this daemon can look at the storage.
         self._behind = WriteBehind(backend, self._forget_attrs) if exclusive and not backend.readonly else None
         self._session = True  # False once the FUSE session is closed: nothing left to notify
@@ -134,26 +139,33 @@ class VolfsOperations(pyfuse3.Operations):
 
     def _b(self, ino: int) -> Ino:
         """FUSE inode -> backend inode."""
-        root = self._backend.root
+        root = self._root
         if ino == pyfuse3.ROOT_INODE:
             return root
         return Ino(pyfuse3.ROOT_INODE) if ino == root else Ino(ino)
 
     def _f(self, ino: Ino) -> int:
         """Backend inode -> FUSE inode."""
-        root = self._backend.root
+        root = self._root
         if ino == root:
             return pyfuse3.ROOT_INODE
         return int(root) if ino == pyfuse3.ROOT_INODE else int(ino)
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        # Every reply with attributes is built here (a few per request): the common cases (an inode
+        # that is neither root nor 1, ids shown as stored) skip the helper calls.
         e = pyfuse3.EntryAttributes()
-        e.st_ino = self._f(attr.ino)
+        ino = attr.ino
+        e.st_ino = ino if ino != self._root and ino != pyfuse3.ROOT_INODE else self._f(ino)
         e.generation = attr.generation
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
-        e.st_uid = self._ids.host_uid(attr.uid)
-        e.st_gid = self._ids.host_gid(attr.gid)
+        if self._identity:
+            e.st_uid = attr.uid
+            e.st_gid = attr.gid
+        else:
+            e.st_uid = self._ids.host_uid(attr.uid)
+            e.st_gid = self._ids.host_gid(attr.gid)
         e.st_rdev = attr.rdev
         e.st_size = attr.size
         e.st_blksize = 4096
@@ -401,6 +413,11 @@ class VolfsOperations(pyfuse3.Operations):
             pass
 
     def _drop_caps(self, ino: Ino) -> None:
+        # A file created through this mount gets security.capability only through a SETXATTR of
+        # this mount, when nothing else can change the storage: until then there is none to drop
+        # (tar's every file: one engine lookup less before its first write).
+        if ino in self._capless:
+            return
         try:
             self._backend.getxattr(ino, _CAPS)
         except OSError as exc:
@@ -445,6 +462,11 @@ class VolfsOperations(pyfuse3.Operations):
         uid, gid = self._owner(ctx)
         perm = stat.S_IMODE(mode) & ~ctx.umask
         fh, attr = self._backend.create(self._b(parent_inode), name, perm, OpenFlags.from_os(flags), uid, gid)
+        # Only with O_EXCL is the file surely new: without it the backend opens an existing one.
+        if self._exclusive and flags & os.O_EXCL:
+            if len(self._capless) >= _CAPLESS_MAX:
+                self._capless.clear()  # (only a saving is lost)
+            self._capless.add(attr.ino)
         return self._file_info(fh, attr.ino, flags, ctx), self._entry(attr)
 
     @_op
@@ -519,6 +541,8 @@ class VolfsOperations(pyfuse3.Operations):
 
     @_op
     def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name == _CAPS:
+            self._capless.discard(self._b(inode))
         self._backend.setxattr(self._b(inode), name, value)
 
     @_op

@@ -96,6 +96,13 @@ def script(r: Path) -> Iterator[tuple[str, object]]:
         os.setxattr(f, CAP, CAP_VALUE)
         _write(f, b"y", flags)
         yield f"{name}: root's write drops capabilities", CAP in os.listxattr(f)
+    # Made new (O_EXCL): the daemon knows there is no capability to drop, until one is set.
+    f = r / "caps-excl"
+    with open(f, "xb") as out:
+        out.write(b"x")
+    os.setxattr(f, CAP, CAP_VALUE)
+    _write(f, b"y", os.O_WRONLY | os.O_APPEND)
+    yield "caps-excl: set after the create, dropped by the next write", CAP in os.listxattr(f)
     modes = {"suid": 0o4777, "sgid-gx": 0o2777, "sgid-no-gx": 0o2767, "both": 0o6777}
     for name, mode in modes.items():
         for how in ("wronly", "rdwr"):
@@ -233,5 +240,65 @@ def test_unknown_xattr_errors_still_fail_the_write(tmp_path: Path) -> None:
         with pytest.raises(pyfuse3.FUSEError) as err:
             trio.run(ops.write, info.fh, 0, b"data")  # type: ignore[attr-defined]
         assert err.value.errno == errno.EUCLEAN
+    finally:
+        close()
+
+
+class _CountingXattrs:
+    """The backend, with its getxattr calls counted."""
+
+    def __init__(self, backend: object) -> None:
+        self._b = backend
+        self.getxattrs = 0
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        self.getxattrs += 1
+        return self._b.getxattr(ino, name)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._b, name)
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_a_file_made_new_is_written_without_asking_for_capabilities(tmp_path: Path, exclusive: bool) -> None:
+    """A write-only handle of a file this mount made with O_EXCL skips the capability lookup before its first
+    write, on a mount that is the storage's only writer; any capability set later is still dropped, and a
+    CREATE without O_EXCL (which may open an existing file) and a shared storage skip nothing."""
+    import trio
+
+    from volfs_fuse.idmap import IdMap
+    from volfs_fuse.operations import VolfsOperations
+
+    _ops, engine, close = _ops_and_backend(tmp_path)
+    counting = _CountingXattrs(engine)
+    ops = VolfsOperations(counting, IdMap((0, 0)), exclusive=exclusive)  # type: ignore[arg-type]
+    ctx = SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)
+    cap = CAP.encode()
+    try:
+        def create_and_write(name: bytes, flags: int) -> tuple[int, int]:
+            """getxattr calls made by a CREATE with ``flags`` and a write through its handle; the inode."""
+            before = counting.getxattrs
+            info, attr = trio.run(ops.create, 1, name, 0o644, os.O_WRONLY | os.O_CREAT | flags, ctx)  # type: ignore[attr-defined]
+            trio.run(ops.write, info.fh, 0, b"data")  # type: ignore[attr-defined]
+            trio.run(ops.release, info.fh)  # type: ignore[attr-defined]
+            return counting.getxattrs - before, attr.st_ino
+
+        asked, new = create_and_write(b"new", os.O_EXCL)
+        assert asked == (0 if exclusive else 1)
+        assert create_and_write(b"maybe-old", 0)[0] == 1
+
+        # A capability set through the mount is dropped by the next write, as the kernel's ext4 does.
+        trio.run(ops.setxattr, new, cap, CAP_VALUE, ctx)  # type: ignore[attr-defined]
+        info = trio.run(ops.open, new, os.O_WRONLY, ctx)  # type: ignore[attr-defined]
+        trio.run(ops.write, info.fh, 4, b"more")  # type: ignore[attr-defined]
+        trio.run(ops.release, info.fh)  # type: ignore[attr-defined]
+        assert cap not in engine.listxattr(new)  # type: ignore[attr-defined]
+
+        # A file that had a capability before this mount, opened by a CREATE without O_EXCL, loses it.
+        info, attr = trio.run(_ops.create, 1, b"old", 0o644, os.O_WRONLY | os.O_CREAT, ctx)  # type: ignore[attr-defined]
+        trio.run(_ops.release, info.fh)  # type: ignore[attr-defined]
+        engine.setxattr(attr.st_ino, cap, CAP_VALUE)  # type: ignore[attr-defined]
+        assert create_and_write(b"old", 0) == (1, attr.st_ino)
+        assert cap not in engine.listxattr(attr.st_ino)  # type: ignore[attr-defined]
     finally:
         close()
