@@ -12,11 +12,15 @@ READY_FD`` (or in-process for ``--foreground``). Its life:
 4. whatever happened: close the backend (everything written is flushed),
    release the lock, delete the state file. The FUSE session is always
    closed; on a signal the mount is removed too.
+
+``kill -USR1 PID`` writes where every thread of the daemon is (Python
+tracebacks) to its log (``--log``), and changes nothing else.
 """
 
 from __future__ import annotations
 
 import errno
+import faulthandler
 import gc
 import json
 import logging
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m volfs_fuse.daemon ARGS_JSON READY_FD``."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s volfs-fuse[%(process)d] %(levelname)s %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # to stderr: the log
     args = json.loads(argv[0])
     ready_fd = int(argv[1]) if len(argv) > 1 else None
     return serve(args, ready_fd)

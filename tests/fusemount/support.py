@@ -48,8 +48,13 @@ def teardown(home: Path, name: str, mountpoint: Path) -> None:
 Mounter = Callable[..., MountRecord]
 
 
-def wait_gone(pid: int, timeout: float = 30) -> None:
-    """Wait until daemon ``pid`` has exited (and reap it: it is this process's child)."""
+def wait_gone(pid: int, timeout: float = 30, log: Path | None = None) -> None:
+    """Wait until daemon ``pid`` has exited (and reap it: it is this process's child).
+
+    If it has not, the failure says where each of its threads waits in the kernel and, with its
+    ``log``, in Python (the daemon dumps its tracebacks there on SIGUSR1), with the end of that
+    log: a daemon that does not stop is a bug to be found from one failed run.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not mounts._pid_alive(pid):
@@ -58,4 +63,25 @@ def wait_gone(pid: int, timeout: float = 30) -> None:
                 child.wait()
             return
         time.sleep(0.05)
-    raise AssertionError(f"pid {pid} still alive")
+    if log is not None:
+        os.kill(pid, signal.SIGUSR1)  # the daemon writes its Python tracebacks to its log
+        time.sleep(0.5)
+    raise AssertionError(f"pid {pid} still alive after {timeout} s\n{_where(pid)}"
+                         + (f"\nits log:\n{log.read_text()[-4000:]}" if log is not None and log.exists() else ""))
+
+
+def _where(pid: int) -> str:
+    """Each thread of ``pid``: its state, kernel wait channel and (as root) kernel stack."""
+    out = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        parts = [f"thread {task.name}"]
+        for name in ("stat", "wchan", "stack"):
+            try:
+                text = (task / name).read_text().strip()
+            except OSError:
+                continue
+            if name == "stat":
+                text = "state " + text.rsplit(")", 1)[-1].split()[0]
+            parts.append(text if name != "stack" else "stack:\n" + text)
+        out.append(" ".join(parts[:3]) + ("\n" + parts[3] if len(parts) > 3 else ""))
+    return "\n".join(out)

@@ -103,7 +103,7 @@ def test_signal_the_moment_the_mount_is_ready(home: Path, mounter: Mounter, tmp_
     Volume.create("early", home=home, kind="disk", size_mib=16)
     rec = mounter("early")
     os.kill(rec.pid, sig)
-    wait_gone(rec.pid)
+    wait_gone(rec.pid, log=tmp_path / "daemon-early.log")
     assert not mounted_at(rec.mountpoint)
     assert read_record(resolve_home(home), "early") is None
     assert "volume early closed" in (tmp_path / "daemon-early.log").read_text()
@@ -251,3 +251,19 @@ def test_unmount_refuses_while_files_are_open(home: Path, dir_mount: tuple[Path,
     assert mounted_at(str(mp))
     unmount(resolve_home(home), "dvol")
     assert not mounted_at(str(mp))
+
+
+def test_sigusr1_writes_where_the_daemon_is_to_its_log(home: Path, mounter: Mounter, tmp_path: Path) -> None:
+    """``kill -USR1`` makes the daemon write its Python tracebacks to its log, and nothing else: it goes on serving."""
+    Volume.create("dump", home=home, kind="disk", size_mib=16)
+    rec = mounter("dump")
+    log = tmp_path / "daemon-dump.log"
+    os.kill(rec.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "most recent call first" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = log.read_text()
+    assert "most recent call first" in text and "daemon.py" in text, text
+    (Path(rec.mountpoint) / "after").write_bytes(b"still serving")
+    assert (Path(rec.mountpoint) / "after").read_bytes() == b"still serving"
+    os.kill(rec.pid, 0)  # (raises if the daemon is gone)
