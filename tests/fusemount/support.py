@@ -75,13 +75,18 @@ def _where(pid: int) -> str:
     out = []
     for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
         parts = [f"thread {task.name}"]
-        for name in ("stat", "wchan", "stack"):
+        for name in ("stat", "wchan", "status", "stack"):
             try:
                 text = (task / name).read_text().strip()
             except OSError:
                 continue
             if name == "stat":
                 text = "state " + text.rsplit(")", 1)[-1].split()[0]
-            parts.append(text if name != "stack" else "stack:\n" + text)
-        out.append(" ".join(parts[:3]) + ("\n" + parts[3] if len(parts) > 3 else ""))
+            elif name == "status":  # pending, blocked, ignored and caught signals (hex masks)
+                text = " ".join(line.replace("\t", "") for line in text.splitlines()
+                                if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
+            else:
+                text = "stack:\n" + text if name == "stack" else text
+            parts.append(text)
+        out.append("\n".join(parts))
     return "\n".join(out)
