@@ -55,7 +55,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-__all__ = ["BRIEF_WAIT_MS", "CHECKPOINT_EVERY", "SPIN_US", "STEAL_LIMIT", "QuickWaitStats", "quick_wait"]
+__all__ = ["BRIEF_WAIT_MS", "CHECKPOINT_EVERY", "SPIN_US", "STEAL_LIMIT", "QuickWaitStats", "cpu_times", "quick_wait",
+           "steal_share"]
 
 CHECKPOINT_EVERY = 64
 
@@ -105,6 +106,14 @@ def cpu_times() -> tuple[int, int] | None:
     return ticks[7], sum(ticks)
 
 
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time the hypervisor took between two :func:`cpu_times` readings;
+    None when either is missing or no CPU time passed between them."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 class StealWatch:
     """Whether the hypervisor is taking CPU time from this machine (its steal share above
     :data:`STEAL_LIMIT` over the last :data:`STEAL_EVERY_S` or so).
@@ -126,9 +135,9 @@ class StealWatch:
         """Look again if STEAL_EVERY_S has passed since the last look; returns :attr:`busy`."""
         if now - self._at >= STEAL_EVERY_S:
             cur = self._read()
-            last = self._last
-            if cur is not None and last is not None and cur[1] > last[1]:
-                self.busy = (cur[0] - last[0]) / (cur[1] - last[1]) > STEAL_LIMIT
+            share = steal_share(self._last, cur)
+            if share is not None:
+                self.busy = share > STEAL_LIMIT
             self._last, self._at = cur, now
         return self.busy
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from volfs_fuse.quickwait import cpu_times
+from volfs_fuse.quickwait import cpu_times, steal_share
 
 
 def sh(*cmd: str) -> None:
@@ -163,13 +163,6 @@ QUIET_STEAL = 0.01
 
 WORKLOADS = ("sequential read", "stat walk", "small-file read", "sequential write", "small-file create",
              "tar extract")
-
-
-def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """The share of the machine's CPU time the hypervisor took between two :func:`cpu_times` readings."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def workloads(mnt: Path, size_mib: int, files: int, tarball: Path, cpu: dict[str, float | None],
