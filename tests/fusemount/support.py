@@ -85,8 +85,8 @@ def _where(pid: int) -> str:
             elif name == "status":  # pending, blocked, ignored and caught signals (hex masks)
                 text = " ".join(line.replace("\t", "") for line in text.splitlines()
                                 if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
-            else:
-                text = "stack:\n" + text if name == "stack" else text
+            elif name == "stack":
+                text = "stack:\n" + text
             parts.append(text)
         out.append("\n".join(parts))
     return "\n".join(out)
