@@ -167,9 +167,17 @@ def serve(args: dict[str, Any], ready_fd: int | None) -> int:
     # mount starts, or just after it is ready, then stops it cleanly instead of ending the process
     # with the kernel's default action (no commit, a dead mount left behind).
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    # And they are not ignored, even when this process was started ignoring them (a shell starts a
+    # background job without job control ignoring SIGINT and SIGQUIT, and the daemon inherits that):
+    # a pending SIGINT would be lost, blocked or not, when trio sets SIGINT's disposition again at
+    # its start (its main-thread test does), because setting SIG_IGN discards a pending signal.
+    old_handlers = {sig: signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+                    for sig in _STOP_SIGNALS}
     try:
         return _serve(args, ready_fd)
     finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 

@@ -253,6 +253,24 @@ def test_unmount_refuses_while_files_are_open(home: Path, dir_mount: tuple[Path,
     assert not mounted_at(str(mp))
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_early_signal_stops_a_daemon_started_ignoring_it(home: Path, mounter: Mounter, tmp_path: Path,
+                                                            sig: int) -> None:
+    """A daemon started by a process that ignores SIGINT and SIGQUIT (as a shell's background job without job
+    control does: ``volfs mount ... &`` in a script) still stops cleanly on a signal sent the moment it is ready."""
+    Volume.create("bg", home=home, kind="disk", size_mib=16)
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        rec = mounter("bg")  # (the daemon inherits the ignored dispositions)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    os.kill(rec.pid, sig)
+    wait_gone(rec.pid, log=tmp_path / "daemon-bg.log")
+    assert not mounted_at(rec.mountpoint)
+    assert "volume bg closed" in (tmp_path / "daemon-bg.log").read_text()
+
+
 def test_sigusr1_writes_where_the_daemon_is_to_its_log(home: Path, mounter: Mounter, tmp_path: Path) -> None:
     """``kill -USR1`` makes the daemon write its Python tracebacks to its log, and nothing else: it goes on serving."""
     Volume.create("dump", home=home, kind="disk", size_mib=16)
