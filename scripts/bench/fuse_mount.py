@@ -229,17 +229,28 @@ Run = tuple[ByMount, ByMount, ByMount]
 """Seconds, daemon CPU seconds and steal share, each by mount label and workload."""
 
 
-def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int, only: frozenset[str]) -> Run:
+MOUNTERS = {"kernel": kernel_mount, "fuse2fs": fuse2fs_mount, "volfs": volfs_mount}
+
+
+def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int, only: frozenset[str],
+            fuse2fs_first: bool = True) -> Run:
     """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``.
 
-    Returns (seconds, daemon CPU seconds, steal share), each by mount label and workload.
+    The two FUSE sides take turns going first (``fuse2fs_first``), so neither always runs in the
+    wake of the other. Returns (seconds, daemon CPU seconds, steal share), each by mount label and
+    workload.
     """
     results: ByMount = {}
     cpu: ByMount = {}
     steal: ByMount = {}
-    for label, mounter in (("kernel", kernel_mount), ("fuse2fs", fuse2fs_mount), ("volfs", volfs_mount)):
+    order = ("kernel", "fuse2fs", "volfs") if fuse2fs_first else ("kernel", "volfs", "fuse2fs")
+    for label in order:
+        mounter = MOUNTERS[label]
         image = work / f"{label}.img"
         sh("cp", "--sparse=always", str(base), str(image))
+        # The copy leaves the image's gigabyte or more in the page cache, dirty: written back while
+        # a workload runs, it would take a CPU from whichever side came first after it.
+        os.sync()
         mnt = work / f"mnt-{label}"
         mnt.mkdir(exist_ok=True)
         print(f"{label}...", file=sys.stderr)
@@ -299,8 +310,8 @@ def main() -> int:
         base = build_image(work, args.size_mib, args.files, tarball.stat().st_size >> 20)
         for i in range(args.repeat):
             print(f"run {i + 1} of {args.repeat}", file=sys.stderr)
-            runs.append(one_run(work, base, tarball, args.size_mib, args.files, only))
-            print(f"run {i + 1}:")
+            runs.append(one_run(work, base, tarball, args.size_mib, args.files, only, fuse2fs_first=i % 2 == 0))
+            print(f"run {i + 1} ({'fuse2fs' if i % 2 == 0 else 'volfs'} first):")
             print_run(runs[-1])
             sys.stdout.flush()
     if len(runs) > 1:
