@@ -415,7 +415,8 @@ class VolfsOperations(pyfuse3.Operations):
     def _drop_caps(self, ino: Ino) -> None:
         # A file created through this mount gets security.capability only through a SETXATTR of
         # this mount, when nothing else can change the storage: until then there is none to drop
-        # (tar's every file: one engine lookup less before its first write).
+        # (tar's every file: one engine lookup less before its first write, and one at its chown,
+        # see getxattr).
         if ino in self._capless:
             return
         try:
@@ -537,7 +538,11 @@ class VolfsOperations(pyfuse3.Operations):
 
     @_op
     def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self._backend.getxattr(self._b(inode), name)
+        ino = self._b(inode)
+        # The kernel asks this before each chown of a file (to drop capabilities): tar's every file.
+        if name == _CAPS and ino in self._capless:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return self._backend.getxattr(ino, name)
 
     @_op
     def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:

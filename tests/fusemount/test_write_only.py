@@ -264,6 +264,7 @@ def test_a_file_made_new_is_written_without_asking_for_capabilities(tmp_path: Pa
     """A write-only handle of a file this mount made with O_EXCL skips the capability lookup before its first
     write, on a mount that is the storage's only writer; any capability set later is still dropped, and a
     CREATE without O_EXCL (which may open an existing file) and a shared storage skip nothing."""
+    import pyfuse3
     import trio
 
     from volfs_fuse.idmap import IdMap
@@ -285,10 +286,17 @@ def test_a_file_made_new_is_written_without_asking_for_capabilities(tmp_path: Pa
 
         asked, new = create_and_write(b"new", os.O_EXCL)
         assert asked == (0 if exclusive else 1)
+        # The kernel's own question before a chown is answered the same way.
+        before = counting.getxattrs
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            trio.run(ops.getxattr, new, cap, ctx)  # type: ignore[attr-defined]
+        assert err.value.errno == errno.ENODATA
+        assert counting.getxattrs - before == (0 if exclusive else 1)
         assert create_and_write(b"maybe-old", 0)[0] == 1
 
         # A capability set through the mount is dropped by the next write, as the kernel's ext4 does.
         trio.run(ops.setxattr, new, cap, CAP_VALUE, ctx)  # type: ignore[attr-defined]
+        assert trio.run(ops.getxattr, new, cap, ctx) == CAP_VALUE  # type: ignore[attr-defined]
         info = trio.run(ops.open, new, os.O_WRONLY, ctx)  # type: ignore[attr-defined]
         trio.run(ops.write, info.fh, 4, b"more")  # type: ignore[attr-defined]
         trio.run(ops.release, info.fh)  # type: ignore[attr-defined]
