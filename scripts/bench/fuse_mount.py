@@ -26,6 +26,16 @@ machine's CPU time its hypervisor took meanwhile (``steal`` in /proc/stat),
 per workload and mount: on a shared host it moves the ratios more than any
 change to the daemon does, so the summary also gives the ratios of the runs
 in which neither FUSE side saw more than 1% (``QUIET_STEAL``).
+
+``--interleave N`` measures the tar extract differently: the archive is cut
+into N consecutive pieces, the three mounts are up at once (each on its own
+copy of the image), and the pieces are extracted one after another on each
+mount in turn, fuse2fs and volfs taking turns going first; each side's time,
+CPU and steal are summed over its pieces. The speed of a shared host drifts
+within seconds (the same pure-Python loop took from 0.14 to 0.34 s within
+minutes, with no steal), so a whole extract on one side and then on the
+other compares two different machines; pieces of a fraction of a second,
+alternated, see much the same one.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from volfs_fuse.quickwait import cpu_times, steal_share
@@ -224,6 +234,74 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path, cpu: dict[str
     return out
 
 
+def split_tarball(tarball: Path, pieces: int) -> list[Path]:
+    """``tarball`` cut into ``pieces`` archives of consecutive members, of about equal data each (a
+    directory's entry comes before its contents, so each piece extracts onto the ones before it)."""
+    with tarfile.open(tarball) as src:
+        members = src.getmembers()
+        total = sum(m.size for m in members) or 1
+        out: list[Path] = []
+        done = 0
+        i = 0
+        for n in range(pieces):
+            path = tarball.with_name(f"{tarball.stem}-{n:03d}.tar")
+            with tarfile.open(path, "w", format=src.format) as piece:
+                while i < len(members) and (n == pieces - 1 or done < total * (n + 1) // pieces):
+                    m = members[i]
+                    piece.addfile(m, src.extractfile(m) if m.isfile() else None)
+                    done += m.size
+                    i += 1
+            out.append(path)
+    return out
+
+
+def interleaved_tar(work: Path, base: Path, pieces: list[Path], run: int) -> tuple[dict[str, float | None], ...]:
+    """The tar extract, piece by piece on the three mounts in turn (see ``--interleave``).
+
+    Returns (seconds, daemon CPU seconds, steal share), each by mount label.
+    """
+    seconds = dict.fromkeys(MOUNTERS, 0.0)
+    cpu: dict[str, float | None] = dict.fromkeys(MOUNTERS, 0.0)
+    ticks = {label: [0, 0] for label in MOUNTERS}  # (steal, all) summed over the label's pieces
+    with ExitStack() as stack:
+        mounts: dict[str, Path] = {}
+        for label, mounter in MOUNTERS.items():
+            image, mnt = fresh_copy(work, base, label)
+            stack.callback(image.unlink)
+            mounts[label] = stack.enter_context(mounter(image, mnt))
+            (mnt / "extract").mkdir()
+        pids = {label: daemon_pid(m) for label, m in mounts.items()}
+        for n, piece in enumerate(pieces):
+            fuse = ["fuse2fs", "volfs"] if (run + n) % 2 == 0 else ["volfs", "fuse2fs"]
+            for label in ["kernel", *fuse]:
+                os.sync()  # the last piece's writes are not this one's to pay for
+                cpu_before, ticks_before = cpu_seconds(pids[label]), cpu_times()
+                start = time.perf_counter()
+                sh("tar", "-C", str(mounts[label] / "extract"), "-xf", str(piece))
+                seconds[label] += time.perf_counter() - start
+                cpu_after, ticks_after = cpu_seconds(pids[label]), cpu_times()
+                total = cpu[label]
+                cpu[label] = None if total is None or cpu_before is None or cpu_after is None \
+                    else total + cpu_after - cpu_before
+                if ticks_before is not None and ticks_after is not None:
+                    for i in (0, 1):
+                        ticks[label][i] += ticks_after[i] - ticks_before[i]
+    steal = {label: steal_share((0, 0), (t[0], t[1])) for label, t in ticks.items()}
+    return dict(seconds), cpu, steal
+
+
+def fresh_copy(work: Path, base: Path, label: str) -> tuple[Path, Path]:
+    """A copy of ``base`` for ``label``'s mount, and its (empty) mount point."""
+    image = work / f"{label}.img"
+    sh("cp", "--sparse=always", str(base), str(image))
+    # The copy leaves the image's gigabyte or more in the page cache, dirty: written back while
+    # a workload runs, it would take a CPU from whichever side came first after it.
+    os.sync()
+    mnt = work / f"mnt-{label}"
+    mnt.mkdir(exist_ok=True)
+    return image, mnt
+
+
 ByMount = dict[str, dict[str, float | None]]
 Run = tuple[ByMount, ByMount, ByMount]
 """Seconds, daemon CPU seconds and steal share, each by mount label and workload."""
@@ -233,26 +311,28 @@ MOUNTERS = {"kernel": kernel_mount, "fuse2fs": fuse2fs_mount, "volfs": volfs_mou
 
 
 def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int, only: frozenset[str],
-            fuse2fs_first: bool = True) -> Run:
+            fuse2fs_first: bool = True, pieces: list[Path] | None = None, run: int = 0) -> Run:
     """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``.
 
     The two FUSE sides take turns going first (``fuse2fs_first``), so neither always runs in the
     wake of the other. Returns (seconds, daemon CPU seconds, steal share), each by mount label and
-    workload.
+    workload. With ``pieces`` (``--interleave``), the tar extract is measured apart, by
+    :func:`interleaved_tar`.
     """
+    if pieces is not None and "tar extract" in only:
+        results, cpu, steal = one_run(work, base, tarball, size_mib, files, only - {"tar extract"},
+                                      fuse2fs_first) if only - {"tar extract"} else ({}, {}, {})
+        for part, by_label in zip((results, cpu, steal), interleaved_tar(work, base, pieces, run)):
+            for label, value in by_label.items():
+                part.setdefault(label, {})["tar extract"] = value
+        return results, cpu, steal
     results: ByMount = {}
     cpu: ByMount = {}
     steal: ByMount = {}
     order = ("kernel", "fuse2fs", "volfs") if fuse2fs_first else ("kernel", "volfs", "fuse2fs")
     for label in order:
         mounter = MOUNTERS[label]
-        image = work / f"{label}.img"
-        sh("cp", "--sparse=always", str(base), str(image))
-        # The copy leaves the image's gigabyte or more in the page cache, dirty: written back while
-        # a workload runs, it would take a CPU from whichever side came first after it.
-        os.sync()
-        mnt = work / f"mnt-{label}"
-        mnt.mkdir(exist_ok=True)
+        image, mnt = fresh_copy(work, base, label)
         print(f"{label}...", file=sys.stderr)
         cpu[label], steal[label] = {}, {}
         with mounter(image, mnt) as m:
@@ -293,6 +373,9 @@ def main() -> int:
                              "a few thousand real source files)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="side-by-side runs; with more than one, the range of each ratio is printed too")
+    parser.add_argument("--interleave", type=int, default=0, metavar="N",
+                        help="extract the tar workload in N pieces, alternating between the mounts (all "
+                             "three up at once); see above")
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help="comma-separated workloads to run (default: all): " + ", ".join(WORKLOADS))
     args = parser.parse_args()
@@ -308,9 +391,11 @@ def main() -> int:
         print(f"building a {args.size_mib} MiB file and {args.files} small files...", file=sys.stderr)
         tarball = source_tarball(work, args.tree)
         base = build_image(work, args.size_mib, args.files, tarball.stat().st_size >> 20)
+        pieces = split_tarball(tarball, args.interleave) if args.interleave > 1 else None
         for i in range(args.repeat):
             print(f"run {i + 1} of {args.repeat}", file=sys.stderr)
-            runs.append(one_run(work, base, tarball, args.size_mib, args.files, only, fuse2fs_first=i % 2 == 0))
+            runs.append(one_run(work, base, tarball, args.size_mib, args.files, only, fuse2fs_first=i % 2 == 0,
+                                pieces=pieces, run=i))
             print(f"run {i + 1} ({'fuse2fs' if i % 2 == 0 else 'volfs'} first):")
             print_run(runs[-1])
             sys.stdout.flush()
