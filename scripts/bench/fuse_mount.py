@@ -41,6 +41,7 @@ alternated, see much the same one.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -138,10 +139,33 @@ def volfs_mount(image: Path, mnt: Path) -> Iterator[Path]:
         os.replace(vol.disk_path, image)
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+class Tally:
+    """Wall time, the CPU time of daemon ``pid`` and the machine's (steal, all) clock ticks, summed over
+    the intervals :meth:`measure` runs; a reading that cannot be made leaves its total unknown (None)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.seconds = 0.0
+        self.cpu: float | None = 0.0
+        self._ticks: tuple[int, int] | None = (0, 0)
+
+    def measure(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` and add what it took (even when it raises, which goes on to the caller)."""
+        cpu, ticks, start = cpu_seconds(self.pid), cpu_times(), time.perf_counter()
+        try:
+            fn()
+        finally:
+            self.seconds += time.perf_counter() - start
+            cpu_after, ticks_after = cpu_seconds(self.pid), cpu_times()
+            self.cpu = None if self.cpu is None or cpu is None or cpu_after is None \
+                else self.cpu + cpu_after - cpu
+            self._ticks = None if self._ticks is None or ticks is None or ticks_after is None \
+                else (self._ticks[0] + ticks_after[0] - ticks[0], self._ticks[1] + ticks_after[1] - ticks[1])
+
+    @property
+    def steal(self) -> float | None:
+        """The hypervisor's share of the machine's CPU time over the intervals measured."""
+        return steal_share((0, 0), self._ticks)
 
 
 def daemon_pid(mnt: Path) -> int | None:
@@ -222,15 +246,14 @@ def workloads(mnt: Path, size_mib: int, files: int, tarball: Path, cpu: dict[str
             continue
         if drop:
             drop_caches()
-        before, ticks = cpu_seconds(pid), cpu_times()
+        tally = Tally(pid)
         try:
-            out[name] = timed(fn)
+            tally.measure(fn)
+            out[name] = tally.seconds
         except OSError as exc:
             out[name] = None
             print(f"  {name}: n/a ({exc.strerror})", file=sys.stderr)
-        after = cpu_seconds(pid)
-        steal[name] = steal_share(ticks, cpu_times())
-        cpu[name] = after - before if after is not None and before is not None else None
+        cpu[name], steal[name] = tally.cpu, tally.steal
     return out
 
 
@@ -255,14 +278,9 @@ def split_tarball(tarball: Path, pieces: int) -> list[Path]:
     return out
 
 
-def interleaved_tar(work: Path, base: Path, pieces: list[Path], run: int) -> tuple[dict[str, float | None], ...]:
-    """The tar extract, piece by piece on the three mounts in turn (see ``--interleave``).
-
-    Returns (seconds, daemon CPU seconds, steal share), each by mount label.
-    """
-    seconds = dict.fromkeys(MOUNTERS, 0.0)
-    cpu: dict[str, float | None] = dict.fromkeys(MOUNTERS, 0.0)
-    ticks = {label: [0, 0] for label in MOUNTERS}  # (steal, all) summed over the label's pieces
+def interleaved_tar(work: Path, base: Path, pieces: list[Path], run: int) -> dict[str, Tally]:
+    """The tar extract, piece by piece on the three mounts in turn (see ``--interleave``): what each
+    mount's pieces took, by mount label. ``run``: which FUSE side goes first (they alternate)."""
     with ExitStack() as stack:
         mounts: dict[str, Path] = {}
         for label, mounter in MOUNTERS.items():
@@ -270,24 +288,14 @@ def interleaved_tar(work: Path, base: Path, pieces: list[Path], run: int) -> tup
             stack.callback(image.unlink)
             mounts[label] = stack.enter_context(mounter(image, mnt))
             (mnt / "extract").mkdir()
-        pids = {label: daemon_pid(m) for label, m in mounts.items()}
+        tallies = {label: Tally(daemon_pid(m)) for label, m in mounts.items()}
         for n, piece in enumerate(pieces):
             fuse = ["fuse2fs", "volfs"] if (run + n) % 2 == 0 else ["volfs", "fuse2fs"]
             for label in ["kernel", *fuse]:
                 os.sync()  # the last piece's writes are not this one's to pay for
-                cpu_before, ticks_before = cpu_seconds(pids[label]), cpu_times()
-                start = time.perf_counter()
-                sh("tar", "-C", str(mounts[label] / "extract"), "-xf", str(piece))
-                seconds[label] += time.perf_counter() - start
-                cpu_after, ticks_after = cpu_seconds(pids[label]), cpu_times()
-                total = cpu[label]
-                cpu[label] = None if total is None or cpu_before is None or cpu_after is None \
-                    else total + cpu_after - cpu_before
-                if ticks_before is not None and ticks_after is not None:
-                    for i in (0, 1):
-                        ticks[label][i] += ticks_after[i] - ticks_before[i]
-    steal = {label: steal_share((0, 0), (t[0], t[1])) for label, t in ticks.items()}
-    return dict(seconds), cpu, steal
+                tallies[label].measure(
+                    functools.partial(sh, "tar", "-C", str(mounts[label] / "extract"), "-xf", str(piece)))
+    return tallies
 
 
 def fresh_copy(work: Path, base: Path, label: str) -> tuple[Path, Path]:
@@ -311,33 +319,32 @@ MOUNTERS = {"kernel": kernel_mount, "fuse2fs": fuse2fs_mount, "volfs": volfs_mou
 
 
 def one_run(work: Path, base: Path, tarball: Path, size_mib: int, files: int, only: frozenset[str],
-            fuse2fs_first: bool = True, pieces: list[Path] | None = None, run: int = 0) -> Run:
+            run: int = 0, pieces: list[Path] | None = None) -> Run:
     """All workloads on the kernel, fuse2fs and volfs, each on a fresh copy of ``base``.
 
-    The two FUSE sides take turns going first (``fuse2fs_first``), so neither always runs in the
-    wake of the other. Returns (seconds, daemon CPU seconds, steal share), each by mount label and
-    workload. With ``pieces`` (``--interleave``), the tar extract is measured apart, by
-    :func:`interleaved_tar`.
+    The two FUSE sides take turns going first (fuse2fs when ``run`` is even), so neither always runs in
+    the wake of the other. With ``pieces`` (``--interleave``), the tar extract is measured apart, by
+    :func:`interleaved_tar`. Returns (seconds, daemon CPU seconds, steal share), each by mount label
+    and workload.
     """
-    if pieces is not None and "tar extract" in only:
-        results, cpu, steal = one_run(work, base, tarball, size_mib, files, only - {"tar extract"},
-                                      fuse2fs_first) if only - {"tar extract"} else ({}, {}, {})
-        for part, by_label in zip((results, cpu, steal), interleaved_tar(work, base, pieces, run)):
-            for label, value in by_label.items():
-                part.setdefault(label, {})["tar extract"] = value
-        return results, cpu, steal
-    results: ByMount = {}
-    cpu: ByMount = {}
-    steal: ByMount = {}
-    order = ("kernel", "fuse2fs", "volfs") if fuse2fs_first else ("kernel", "volfs", "fuse2fs")
-    for label in order:
-        mounter = MOUNTERS[label]
-        image, mnt = fresh_copy(work, base, label)
-        print(f"{label}...", file=sys.stderr)
-        cpu[label], steal[label] = {}, {}
-        with mounter(image, mnt) as m:
-            results[label] = workloads(m, size_mib, files, tarball, cpu[label], steal[label], only)
-        image.unlink()
+    results: ByMount = {label: {} for label in MOUNTERS}
+    cpu: ByMount = {label: {} for label in MOUNTERS}
+    steal: ByMount = {label: {} for label in MOUNTERS}
+    if "tar extract" not in only:
+        pieces = None
+    each = only - {"tar extract"} if pieces is not None else only
+    if each:
+        for label in ("kernel", "fuse2fs", "volfs") if run % 2 == 0 else ("kernel", "volfs", "fuse2fs"):
+            image, mnt = fresh_copy(work, base, label)
+            print(f"{label}...", file=sys.stderr)
+            with MOUNTERS[label](image, mnt) as m:
+                results[label] = workloads(m, size_mib, files, tarball, cpu[label], steal[label], each)
+            image.unlink()
+    if pieces is not None:
+        for label, tally in interleaved_tar(work, base, pieces, run).items():
+            results[label]["tar extract"] = tally.seconds
+            cpu[label]["tar extract"] = tally.cpu
+            steal[label]["tar extract"] = tally.steal
     return results, cpu, steal
 
 
@@ -394,8 +401,7 @@ def main() -> int:
         pieces = split_tarball(tarball, args.interleave) if args.interleave > 1 else None
         for i in range(args.repeat):
             print(f"run {i + 1} of {args.repeat}", file=sys.stderr)
-            runs.append(one_run(work, base, tarball, args.size_mib, args.files, only, fuse2fs_first=i % 2 == 0,
-                                pieces=pieces, run=i))
+            runs.append(one_run(work, base, tarball, args.size_mib, args.files, only, run=i, pieces=pieces))
             print(f"run {i + 1} ({'fuse2fs' if i % 2 == 0 else 'volfs'} first):")
             print_run(runs[-1])
             sys.stdout.flush()
